@@ -1,0 +1,137 @@
+"""The `pvdbg` command line.  Exit status:
+
+  0  the guest powered off cleanly
+  1  the guest crashed (a crash report is printed)
+  2  bad input: usage, missing file, not a PV kernel, does not fit in memory
+  3  a bound was hit (--max-insns or --timeout)
+  4  the guest blocked forever (every vcpu asleep, nothing can wake it)
+  5  the guest shut down for another reason (reboot, suspend, watchdog)
+  70 an internal error in pvdbg (please report it, with the trace)
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import IO, Sequence
+
+EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_BOUND, EXIT_BLOCKED, EXIT_OTHER, EXIT_INTERNAL = (
+    0, 1, 2, 3, 4, 5, 70)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"pvdbg: {message}\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _add_guest_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("guest", nargs="?", help="PV kernel ELF (default: the bundled seed guest)")
+    p.add_argument("--memory", type=int, default=64, metavar="MiB", help="guest RAM (default 64)")
+    p.add_argument("--cmdline", default="", help="guest command line (start_info.cmd_line)")
+    p.add_argument("--identity-p2m", action="store_true",
+                   help="give the guest pfn == mfn instead of a shuffled P2M")
+    p.add_argument("--p2m-seed", type=lambda v: int(v, 0), default=0x5EED,
+                   help="seed of the shuffled P2M (default 0x5eed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pvdbg", description="Debug Xen PV guests on an emulated Xen machine.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="boot a guest, stream its console, summarise its hypercalls")
+    _add_guest_options(run)
+    run.add_argument("--trace", metavar="FILE.jsonl", help="write every trace record as JSONL")
+    run.add_argument("--max-insns", type=int, metavar="N", help="stop after N instructions")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS")
+    run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    return parser
+
+
+def _open_session(args, trace_file: IO[str] | None):
+    from .session import Session, SessionOptions
+    from .xen.builder import BuildError
+    from .xen.image import BadGuestImage
+    options = SessionOptions(memory_mib=args.memory, cmdline=args.cmdline,
+                             p2m_seed=None if args.identity_p2m else args.p2m_seed)
+    try:
+        return Session.open(args.guest, options, trace_file)
+    except (BadGuestImage, BuildError) as exc:
+        raise _Fatal(str(exc), EXIT_BAD_INPUT) from None
+
+
+class _Fatal(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def cmd_run(args) -> int:
+    from .session import SessionError, StopReason
+    from .views.report import render_crash_report, render_hypercall_summary
+    trace_file = None
+    if args.trace:
+        try:
+            trace_file = open(args.trace, "w", encoding="utf-8")
+        except OSError as exc:
+            raise _Fatal(f"cannot write trace file {args.trace}: {exc.strerror}", EXIT_BAD_INPUT)
+    if args.guest is not None and not Path(args.guest).exists():
+        raise _Fatal(f"{args.guest}: no such file", EXIT_BAD_INPUT)
+    session = _open_session(args, trace_file)
+
+    def on_signal(signum, _frame):
+        session.request_stop()
+        session.close()
+        if trace_file is not None:
+            trace_file.flush()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    out = sys.stdout.buffer
+    session.hv.console_sinks.append(lambda data: (out.write(data), out.flush()))
+    try:
+        stop = session.run(max_insns=args.max_insns, timeout=args.timeout)
+    except SessionError as exc:
+        raise _Fatal(str(exc), EXIT_INTERNAL) from None
+    except KeyboardInterrupt:
+        stop = session._stopped(StopReason.interrupt, "interrupted by Ctrl-C")
+    finally:
+        session.close()
+        if trace_file is not None:
+            trace_file.close()
+    err = sys.stderr
+    if session.console_text and not session.console_text.endswith("\n"):
+        out.write(b"\n")
+        out.flush()
+    if stop.reason is StopReason.crash:
+        err.write(render_crash_report(session.crash, session.hv))
+    if not args.quiet:
+        err.write(render_hypercall_summary(stop, session.trace))
+    if stop.reason is StopReason.shutdown:
+        return EXIT_OK if stop.detail == "poweroff" else EXIT_OTHER
+    return {StopReason.crash: EXIT_CRASH, StopReason.limit: EXIT_BOUND,
+            StopReason.timeout: EXIT_BOUND, StopReason.blocked: EXIT_BLOCKED,
+            StopReason.interrupt: EXIT_BOUND}.get(stop.reason, EXIT_INTERNAL)
+
+
+COMMANDS = {"run": cmd_run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv or [])]) if False else args
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return COMMANDS[args.command](args)
+    except _Fatal as exc:
+        sys.stderr.write(f"pvdbg: {exc}\n")
+        return exc.code
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""The x86 CPU: Unicorn in 32-bit protected mode with PAE paging done by its MMU.
+
+No Xen policy lives here.  The CPU reports every exception and software interrupt to
+one `InterruptSink` (the hypervisor), counts retired instructions exactly, and works
+around two Unicorn 2.1.4 behaviours with self-calibrated, tested fix-ups:
+
+* an exception handled in a UC_HOOK_INTR callback stays "in flight" (QEMU's
+  ``old_exception`` is never reset), so the next #GP/#PF would become #DF and then a
+  triple fault (unicorn issue 1883).  After every contributory fault or #PF the CPU
+  rewrites that field in a saved context and restores it (~6 µs);
+* Unicorn only exposes the instruction budget of ``emu_start(count=...)``, not how many
+  instructions ran before an ``emu_stop``; the engine's own counter is located once per
+  process and read directly, so every trace record carries an exact instruction count.
+
+The CPL cannot be set through the API (it is SS.DPL); ring changes are real far
+transfers through hypervisor trampolines (see pvdbg/xen/entry.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_HOOK_INSN_INVALID, UC_MODE_32,
+                     UC_PROT_ALL, UC_TLB_CPU, Uc, UcError)
+from unicorn import x86_const as X
+
+from .memory import MachineMemory
+
+# Vectors whose delivery marks an exception "in flight" in QEMU's check_exception().
+_IN_FLIGHT_VECTORS = frozenset({0, 10, 11, 12, 13, 14})
+FAULT_VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
+
+GPR_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+REGISTERS: dict[str, int] = {
+    "eax": X.UC_X86_REG_EAX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX,
+    "ebx": X.UC_X86_REG_EBX, "esp": X.UC_X86_REG_ESP, "ebp": X.UC_X86_REG_EBP,
+    "esi": X.UC_X86_REG_ESI, "edi": X.UC_X86_REG_EDI, "eip": X.UC_X86_REG_EIP,
+    "eflags": X.UC_X86_REG_EFLAGS, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS,
+    "ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS,
+    "gs": X.UC_X86_REG_GS, "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2,
+    "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4,
+    "dr0": X.UC_X86_REG_DR0, "dr1": X.UC_X86_REG_DR1, "dr2": X.UC_X86_REG_DR2,
+    "dr3": X.UC_X86_REG_DR3, "dr6": X.UC_X86_REG_DR6, "dr7": X.UC_X86_REG_DR7,
+}
+SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
+# The registers a trap frame or crash report needs, read in one batch.
+FRAME_REGS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags",
+              "cs", "ss", "ds", "es", "fs", "gs")
+_FRAME_IDS = [REGISTERS[n] for n in FRAME_REGS]
+
+CR0_PE = 1 << 0
+CR0_MP = 1 << 1
+CR0_TS = 1 << 3
+CR0_ET = 1 << 4
+CR0_NE = 1 << 5
+CR0_WP = 1 << 16
+CR0_PG = 1 << 31
+CR4_TSD = 1 << 2
+CR4_DE = 1 << 3
+CR4_PAE = 1 << 5
+CR4_OSFXSR = 1 << 9
+CR4_OSXMMEXCPT = 1 << 10
+MSR_EFER = 0xC0000080
+EFER_NXE = 1 << 11
+EFLAGS_IF = 1 << 9
+EFLAGS_TF = 1 << 8
+
+
+class CpuError(Exception):
+    """The emulated CPU cannot continue (a Unicorn error outside the guest's control)."""
+
+
+class InterruptSink(Protocol):
+    def on_interrupt(self, intno: int) -> None: ...
+    def on_invalid_opcode(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Offsets found by probing this Unicorn build (see module docstring)."""
+    exception_in_flight_offset: int | None   # in the uc_context data
+    context_data_offset: int                 # bytes of header before context data
+    emu_counter_offset: int | None           # in the uc_struct
+
+
+_calibration: Calibration | None = None
+_calibration_lock = threading.Lock()
+
+# A fresh Unicorn CPU is in 32-bit protected mode with an empty GDT: loading any
+# selector raises #GP.  "mov $0x1234,%ax; mov %ax,%ds" x2, then int3.
+_PROBE_GP = bytes.fromhex("66b83412" "8ed8" "66b83412" "8ed8" "cc")
+_PROBE_COUNT = bytes.fromhex("41" "41" "41" "cc")         # inc ecx x3; int3
+
+
+def _handle_of(uc: Uc) -> int:
+    h = uc._uch
+    return h.value if hasattr(h, "value") else int(h)
+
+
+def _context_ptr(ctx) -> int:
+    p = ctx._context
+    return p.value if hasattr(p, "value") else int(p)
+
+
+def calibrate() -> Calibration:
+    """Locate the in-flight exception field and the instruction counter (once per process)."""
+    global _calibration
+    with _calibration_lock:
+        if _calibration is None:
+            _calibration = Calibration(*_probe_in_flight(), _probe_counter())
+        return _calibration
+
+
+def _probe_in_flight() -> tuple[int | None, int]:
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x2000)
+    uc.mem_write(0x1000, _PROBE_GP)
+    seen: list[bytes] = []
+    vectors: list[int] = []
+
+    def hook(uc_: Uc, intno: int, _data) -> None:
+        vectors.append(intno)
+        ctx = uc_.context_save()
+        seen.append(ctypes.string_at(_context_ptr(ctx), ctx.size))
+        uc_.emu_stop()
+
+    before = uc.context_save()
+    raw_before = ctypes.string_at(_context_ptr(before), before.size)
+    uc.hook_add(UC_HOOK_INTR, hook)
+    uc.emu_start(0x1000, 0, count=2)
+    if vectors != [13]:
+        return None, 0
+    after = seen[0]
+    minus_one, gp = b"\xff\xff\xff\xff", struct.pack("<i", 13)
+    candidates = [off for off in range(0, min(len(raw_before), len(after)) - 3, 4)
+                  if raw_before[off:off + 4] == minus_one and after[off:off + 4] == gp]
+    for off in candidates:
+        # Verify: reset the field, fault again, and the CPU must report #GP, not #DF.
+        ctx = uc.context_save()
+        ctypes.memmove(_context_ptr(ctx) + off, minus_one, 4)
+        uc.context_restore(ctx)
+        vectors.clear()
+        uc.emu_start(0x1000 + 6, 0, count=2)
+        if vectors == [13]:
+            return off, 0
+    return None, 0
+
+
+def _probe_counter() -> int | None:
+    found: list[int] = []
+    for incs, expected in ((3, 4), (7, 8)):
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, 0x2000)
+        uc.mem_write(0x1000, b"\x41" * incs + b"\xcc")
+        snap: list[bytes] = []
+        handle = _handle_of(uc)
+
+        def hook(uc_: Uc, intno: int, _data, snap=snap, handle=handle) -> None:
+            snap.append(ctypes.string_at(handle, 4096))
+            uc_.emu_stop()
+
+        uc.hook_add(UC_HOOK_INTR, hook)
+        uc.emu_start(0x1000, 0, count=1000)
+        raw = snap[0]
+        offs = {off for off in range(0, len(raw) - 16, 8)
+                if struct.unpack_from("<QQ", raw, off) == (expected, 1000)}
+        found.append(offs)
+    common = found[0] & found[1]
+    return min(common) if common else None
+
+
+class X86Cpu:
+    """One Unicorn CPU over `memory`.  Hooks go to `sink`."""
+
+    def __init__(self, memory: MachineMemory, sink: InterruptSink) -> None:
+        self.calibration = calibrate()
+        self.memory = memory
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc.ctl_set_tlb_mode(UC_TLB_CPU)
+        self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
+        self._sink = sink
+        self._handle = _handle_of(self.uc)
+        self._fix_ctx = self.uc.context_save()
+        self._fix_ptr = _context_ptr(self._fix_ctx)
+        self.retired = 0                 # instructions retired by completed run() calls
+        self._slice_fault_adjust = 0     # faulting instructions counted but not retired
+        self.in_run = False
+        self.stop_requested = False
+        self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+
+    # -- hooks -------------------------------------------------------------------
+    def _on_intr(self, uc: Uc, intno: int, _data) -> None:
+        if intno in _IN_FLIGHT_VECTORS:
+            self.clear_exception_in_flight()
+        if intno < 32 and intno not in (3, 4):
+            self._slice_fault_adjust += 1
+        self._sink.on_interrupt(intno)
+
+    def _on_invalid(self, uc: Uc, _data) -> bool:
+        self._slice_fault_adjust += 1
+        return self._sink.on_invalid_opcode()
+
+    def clear_exception_in_flight(self) -> None:
+        """Reset QEMU's in-flight exception marker (unicorn issue 1883)."""
+        off = self.calibration.exception_in_flight_offset
+        if off is None:
+            return
+        self.uc.context_update(self._fix_ctx)
+        ctypes.memmove(self._fix_ptr + off, b"\xff\xff\xff\xff", 4)
+        self.uc.context_restore(self._fix_ctx)
+
+    # -- execution ---------------------------------------------------------------
+    def _engine_counter(self) -> int | None:
+        off = self.calibration.emu_counter_offset
+        if off is None:
+            return None
+        return ctypes.c_uint64.from_address(self._handle + off).value
+
+    @property
+    def icount(self) -> int:
+        """Instructions retired so far; exact inside hooks too."""
+        if not self.in_run:
+            return self.retired
+        counted = self._engine_counter()
+        if counted is None:
+            return self.retired
+        return self.retired + max(0, counted - self._slice_fault_adjust)
+
+    def run(self, max_insns: int) -> int:
+        """Run up to `max_insns` instructions from the current EIP; return how many retired."""
+        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        self._slice_fault_adjust = 0
+        self.in_run = True
+        try:
+            self.uc.emu_start(eip, 0, count=max_insns)
+        except UcError as exc:
+            raise CpuError(f"Unicorn stopped: {exc}") from None
+        finally:
+            counted = self._engine_counter()
+            self.in_run = False
+        if counted is None:
+            done = max_insns
+        else:
+            done = max(0, min(counted, max_insns) - self._slice_fault_adjust)
+        self.retired += done
+        return done
+
+    def stop(self) -> None:
+        """Stop the current run() at the next instruction boundary (thread-safe)."""
+        self.stop_requested = True
+        self.uc.emu_stop()
+
+    # -- registers ---------------------------------------------------------------
+    def read(self, name: str) -> int:
+        return self.uc.reg_read(REGISTERS[name])
+
+    def write(self, name: str, value: int) -> None:
+        self.uc.reg_write(REGISTERS[name], value)
+
+    def read_many(self, names: tuple[str, ...] | list[str]) -> dict[str, int]:
+        values = self.uc.reg_read_batch([REGISTERS[n] for n in names])
+        return dict(zip(names, values))
+
+    def write_many(self, values: dict[str, int]) -> None:
+        self.uc.reg_write_batch([(REGISTERS[n], v) for n, v in values.items()])
+
+    def frame_registers(self) -> dict[str, int]:
+        return dict(zip(FRAME_REGS, self.uc.reg_read_batch(_FRAME_IDS)))
+
+    def hypercall_registers(self) -> tuple[int, int, int, int, int, int, int, int]:
+        """(eax, ebx, ecx, edx, esi, edi, ebp, eip) in one batch."""
+        return tuple(self.uc.reg_read_batch(_HC_IDS))  # type: ignore[return-value]
+
+    @property
+    def cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def set_gdtr(self, base: int, limit: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, base, limit, 0))
+
+    def gdtr(self) -> tuple[int, int]:
+        _sel, base, limit, _flags = self.uc.reg_read(X.UC_X86_REG_GDTR)
+        return base, limit
+
+    def set_ldtr(self, selector: int, base: int, limit: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_LDTR, (selector, base, limit, 0x8200 if limit else 0))
+
+    def set_task_register(self, selector: int, base: int, limit: int) -> None:
+        """Load TR's hidden part: an available 32-bit TSS (QEMU checks the type)."""
+        self.uc.reg_write(X.UC_X86_REG_TR, (selector, base, limit, 0x8900))
+
+    def write_msr(self, msr: int, value: int) -> None:
+        self.uc.msr_write(msr, value)
+
+    def read_msr(self, msr: int) -> int:
+        return self.uc.msr_read(msr)
+
+    # -- caches ------------------------------------------------------------------
+    def flush_tlb(self) -> None:
+        self.uc.ctl_flush_tlb()
+
+    def invalidate_code(self, start: int, end: int) -> None:
+        """Drop translated code for guest VAs [start, end) after an external write."""
+        self.uc.ctl_remove_cache(start, end)
+
+    # -- state -------------------------------------------------------------------
+    def save_context(self):
+        return self.uc.context_save()
+
+    def restore_context(self, ctx) -> None:
+        self.uc.context_restore(ctx)
+        self.flush_tlb()
+
+
+_HC_IDS = [REGISTERS[n] for n in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "eip")]
+

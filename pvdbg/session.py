@@ -1,0 +1,187 @@
+"""The engine: one guest on one emulated Xen, driven by every front end.
+
+No terminal, socket or print here.  Front ends call `run`, `step`, `request_stop` and
+the inspection methods, and get typed `Stopped` events back.  `request_stop` is the
+only method safe to call from another thread while `run` is executing.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import IO
+
+from .machine.cpu import CpuError
+from .trace import TraceLog
+from .xen.builder import BuildOptions, build_domain
+from .xen.constants import ShutdownReason
+from .xen.guestmem import GuestFault
+from .xen.hypervisor import Hypervisor
+from .xen.image import GuestImage, load_guest_image
+
+DEFAULT_SLICE = 2_000_000          # instructions per emu_start when nothing is watched
+
+
+class StopReason(StrEnum):
+    shutdown = "shutdown"          # the guest shut itself down (poweroff, reboot, ...)
+    crash = "crash"                # the domain crashed (report in session.crash)
+    interrupt = "interrupt"        # request_stop()
+    step = "step"
+    limit = "limit"                # --max-insns reached
+    timeout = "timeout"            # --timeout reached
+    blocked = "blocked"            # every vcpu sleeps and nothing can wake it
+
+
+@dataclass(frozen=True)
+class Stopped:
+    reason: StopReason
+    vcpu: int
+    eip: int
+    icount: int
+    detail: str = ""
+
+
+class SessionError(Exception):
+    """The engine cannot do what was asked (one line)."""
+
+
+def bundled_guest_path() -> Path:
+    """The prebuilt seed guest shipped inside the package."""
+    return Path(str(resources.files("pvdbg") / "guests" / "seed.elf"))
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    memory_mib: int = 64
+    cmdline: str = ""
+    p2m_seed: int | None = 0x5EED
+    vcpus: int = 1
+    trace_capacity: int = 1_000_000
+
+
+class Session:
+    def __init__(self, image: GuestImage, options: SessionOptions = SessionOptions(),
+                 trace_file: IO[str] | None = None) -> None:
+        self.image = image
+        self.options = options
+        built = build_domain(image, BuildOptions(memory_mib=options.memory_mib,
+                                                 cmdline=options.cmdline,
+                                                 p2m_seed=options.p2m_seed, vcpus=options.vcpus))
+        self.trace = TraceLog(options.trace_capacity, trace_file)
+        self.hv = Hypervisor(built, image.symbols, self.trace,
+                             hypercall_page_va=image.hypercall_page_va)
+        self.cpu = self.hv.cpu
+        self._interrupt = threading.Event()
+        self.last_stop: Stopped | None = None
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, options: SessionOptions = SessionOptions(),
+             trace_file: IO[str] | None = None) -> "Session":
+        """Load and build a guest; `path` None means the bundled seed guest."""
+        image = load_guest_image(str(path) if path is not None else str(bundled_guest_path()))
+        return cls(image, options, trace_file)
+
+    # -- execution ---------------------------------------------------------------
+    def _stopped(self, reason: StopReason, detail: str = "") -> Stopped:
+        stop = Stopped(reason, self.hv.current.vcpu_id, self.cpu.read("eip"), self.cpu.icount, detail)
+        self.last_stop = stop
+        self.trace.flush()
+        return stop
+
+    def _dead_stop(self) -> Stopped | None:
+        dom = self.hv.domain
+        if dom.crash is not None:
+            return self._stopped(StopReason.crash, dom.crash.reason)
+        if dom.shutdown_reason is not None:
+            return self._stopped(StopReason.shutdown, dom.shutdown_reason.name)
+        return None
+
+    def run(self, max_insns: int | None = None, timeout: float | None = None) -> Stopped:
+        """Run until the guest stops, dies, or a bound is hit."""
+        dead = self._dead_stop()
+        if dead is not None:
+            return dead
+        self._interrupt.clear()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = None if max_insns is None else self.cpu.icount + max_insns
+        while True:
+            vcpu = self.hv.current
+            if vcpu.blocked:
+                return self._stopped(StopReason.blocked,
+                                     "vcpu0 is blocked with no pending event and no timer to "
+                                     "wake it: the domain would sleep forever")
+            budget = DEFAULT_SLICE
+            if limit is not None:
+                budget = min(budget, limit - self.cpu.icount)
+                if budget <= 0:
+                    return self._stopped(StopReason.limit, f"instruction limit {max_insns} reached")
+            self.cpu.stop_requested = False
+            try:
+                self.cpu.run(budget)
+            except CpuError as exc:
+                self.hv.crash_domain(str(exc))
+            if self.hv.internal_error is not None:
+                err, self.hv.internal_error = self.hv.internal_error, None
+                raise SessionError(f"internal error in the emulated hypervisor: {err!r}") from err
+            dead = self._dead_stop()
+            if dead is not None:
+                return dead
+            if self._interrupt.is_set():
+                self._interrupt.clear()
+                return self._stopped(StopReason.interrupt, "stopped by request")
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._stopped(StopReason.timeout, f"timeout of {timeout} s reached")
+
+    def step(self, count: int = 1) -> Stopped:
+        """Execute exactly `count` guest instructions (hypercalls complete within one)."""
+        dead = self._dead_stop()
+        if dead is not None:
+            return dead
+        for _ in range(count):
+            if self.hv.current.blocked:
+                return self._stopped(StopReason.blocked, "vcpu is blocked")
+            self.cpu.run(1)
+            dead = self._dead_stop()
+            if dead is not None:
+                return dead
+        return self._stopped(StopReason.step)
+
+    def request_stop(self) -> None:
+        """Ask a running `run` to stop (thread-safe)."""
+        self._interrupt.set()
+        self.cpu.stop()
+
+    # -- inspection ----------------------------------------------------------------
+    @property
+    def shutdown_reason(self) -> ShutdownReason | None:
+        return self.hv.domain.shutdown_reason
+
+    @property
+    def crash(self):
+        return self.hv.domain.crash
+
+    @property
+    def console_text(self) -> str:
+        return self.hv.domain.console.decode("latin-1")
+
+    def registers(self) -> dict[str, int]:
+        regs = self.cpu.frame_registers()
+        regs.update(self.cpu.read_many(("cr0", "cr2", "cr3", "cr4")))
+        return regs
+
+    def read_memory(self, guest_va: int, length: int) -> bytes:
+        """Guest-virtual read through the current pagetables; raises GuestFault."""
+        return self.hv.guest.read(guest_va, length)
+
+    def symbol(self, name: str) -> int | None:
+        return self.image.symbols.address(name)
+
+    def close(self) -> None:
+        self.trace.flush()
+
+
+__all__ = ["Session", "SessionOptions", "Stopped", "StopReason", "SessionError", "GuestFault",
+           "bundled_guest_path"]

@@ -1,0 +1,40 @@
+"""Plain-text renderers for the CLI: crash reports and hypercall summaries."""
+from __future__ import annotations
+
+from collections import Counter
+
+from ..trace import TraceKind, TraceLog
+
+
+def render_crash_report(crash, hv) -> str:
+    r = crash.registers
+    lines = [
+        f"(XEN) domain {hv.domain.domid} crashed on vcpu{crash.vcpu}: {crash.reason}",
+        f"(XEN) eip {r['eip']:#010x} {crash.symbol or ''}".rstrip(),
+        f"(XEN)   {crash.instruction_bytes.hex(' ') or '??'}    {crash.instruction}",
+        f"(XEN) eax {r['eax']:08x} ebx {r['ebx']:08x} ecx {r['ecx']:08x} edx {r['edx']:08x}",
+        f"(XEN) esi {r['esi']:08x} edi {r['edi']:08x} ebp {r['ebp']:08x} esp {r['esp']:08x}",
+        f"(XEN) eflags {r['eflags']:08x} cs {r['cs']:04x} ss {r['ss']:04x} ds {r['ds']:04x} "
+        f"es {r['es']:04x} fs {r['fs']:04x} gs {r['gs']:04x}",
+        f"(XEN) cr2 {crash.cr2:08x} cr3 {crash.cr3:08x}",
+    ]
+    if crash.last_records:
+        lines.append("(XEN) last trace records:")
+        for rec in crash.last_records:
+            res = "" if rec.result is None else f" = {rec.error or rec.result}"
+            lines.append(f"(XEN)   #{rec.seq} {rec.kind} {rec.name}{res} {rec.detail[:60]}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def render_hypercall_summary(stop, trace: TraceLog) -> str:
+    counts = Counter({k: v for k, v in trace.counts.items()})
+    errors = Counter(r.name for r in trace if r.kind is TraceKind.hypercall and r.error)
+    lines = [f"pvdbg: stopped: {stop.reason}" + (f" ({stop.detail})" if stop.detail else "")
+             + f" after {stop.icount} instructions"]
+    if counts:
+        lines.append(f"pvdbg: {sum(counts.values())} hypercalls:")
+        width = max(len(n) for n in counts)
+        for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            err = f"  ({errors[name]} failed)" if errors[name] else ""
+            lines.append(f"  {name:<{width}} {n:>8}{err}")
+    return "\n".join(lines) + "\n"
