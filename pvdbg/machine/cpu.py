@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_HOOK_INSN_INVALID, UC_MODE_32,
                      UC_PROT_ALL, UC_TLB_CPU, Uc, UcError)
 from unicorn import x86_const as X
@@ -301,7 +302,7 @@ class X86Cpu:
 
     # -- caches ------------------------------------------------------------------
     def flush_tlb(self) -> None:
-        self.uc.ctl_flush_tlb()
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def invalidate_code(self, start: int, end: int) -> None:
         """Drop translated code for guest VAs [start, end) after an external write."""

@@ -9,7 +9,7 @@ traps.py delivers or turns into a domain crash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..machine.cpu import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                            CR4_OSXMMEXCPT, CR4_PAE, EFER_NXE, MSR_EFER, X86Cpu)
@@ -19,8 +19,8 @@ from ..trace import TraceKind, TraceLog, TraceRecord
 from .abi import SharedInfo32, VcpuInfo32
 from .builder import BuiltDomain
 from .constants import FLAT_RING1_CS, FLAT_RING1_DS, Errno, ShutdownReason, errno_name
-from .entry import (GDT_LIMIT, LANDING_VECTOR, RING0_CS, RING0_DS, TRAMP_IRET, TRAMPOLINE_VA,
-                    TSS_SEL, TSS_SIZE, gdt_window_va, tss_va)
+from .entry import (GDT_LIMIT, LANDING_VECTOR, RING0_CS, RING0_DS, TRAMP_IRET, TRAMP_TO_RING1,
+                    TRAMPOLINE_VA, TSS_SEL, TSS_SIZE, gdt_window_va, tss_va)
 from .guestmem import GuestFault, GuestMemory
 from .hypercalls import HYPERCALLS, HypercallError
 from . import console, sched, version  # noqa: F401  (register their hypercalls)
@@ -45,6 +45,7 @@ class Vcpu:
     kernel_sp: int = 0
     saved_context: Any = None           # Unicorn context while not on the CPU
     ring3_return: dict[str, int] | None = None   # pending 3 -> 1 transition state
+    after_landing: Any = None
 
 
 @dataclass
@@ -254,8 +255,26 @@ class Hypervisor:
             why = f"{what} at {regs['eip']:#x} (ring {ring}): no trap handler registered"
         self.crash_domain(why, vector=vector)
 
+    # -- ring transitions (entry.py) --------------------------------------------
+    def iret_to_outer_ring(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
+        """From ring 1, resume at CS:EIP in ring 2/3 with a real iret from Xen's stack."""
+        frame = self.area.write_stack_frame([eip, cs, eflags, esp, ss])
+        self.cpu.write_many({"esp": frame, "eip": TRAMPOLINE_VA + TRAMP_IRET})
+
+    def switch_to_ring1(self, then: Callable[[dict[str, int]], None]) -> None:
+        """From ring 3, enter ring 1 through the call gate; `then(saved_ring3_regs)` runs
+        at the landing pad, with the CPU at ring 1 on Xen's stack."""
+        vcpu = self.current
+        vcpu.ring3_return = self.cpu.frame_registers()
+        vcpu.after_landing = then
+        self.cpu.write("eip", TRAMPOLINE_VA + TRAMP_TO_RING1)
+
     def _landed_in_ring1(self) -> None:
-        self.current.ring3_return = None
+        vcpu = self.current
+        saved, then = vcpu.ring3_return, vcpu.after_landing
+        vcpu.ring3_return = None
+        vcpu.after_landing = None
+        then(saved)
 
     # -- death -------------------------------------------------------------------
     def shutdown(self, reason: ShutdownReason, detail: str = "") -> None:

@@ -1,0 +1,299 @@
+"""GDB remote serial protocol framing, sans-IO: bytes in, events out, bytes to send.
+
+No sockets, threads or target here. `RspConnection.receive_data` buffers what gdb
+sent, `next_event` returns one `Packet`, `Interrupt`, `Ack`, `Nack`, `DroppedPacket`
+or `NEED_DATA`, and `send` frames a reply payload. After every `next_event` call
+(whether it returned or raised) the caller writes `data_to_send()`: the acks,
+nacks and retransmissions the connection decided on.
+
+Protocol source: gdb manual, "Remote Protocol" > "Overview" (framing, `}` escapes,
+acks) and "Packet Acknowledgment" (QStartNoAckMode).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+MAX_PACKET_SIZE: Final = 0x20000
+"""Largest packet body (between `$` and `#`, escaped) accepted from gdb, in bytes."""
+
+_ESCAPE: Final = 0x7D  # '}'
+_ESCAPE_XOR: Final = 0x20
+_NEEDS_ESCAPE: Final = frozenset(b"#$}*")
+_PACKET_START: Final = 0x24  # '$'
+_STARTS: Final = frozenset(b"$+-\x03")
+_TERMINATOR: Final = re.compile(rb"[#$]")
+_HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
+
+
+class RspProtocolError(Exception):
+    """gdb sent bytes that are not valid RSP: junk, bad checksum, oversized or malformed packet."""
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One complete packet from gdb, checksum verified, `}` escapes removed."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A 0x03 byte outside any packet: gdb asks the running target to stop."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    """`+`: gdb received our last packet intact."""
+
+
+@dataclass(frozen=True)
+class Nack:
+    """`-`: gdb wants our last packet again (already queued in ack mode)."""
+
+
+@dataclass(frozen=True)
+class DroppedPacket:
+    """A complete packet that was discarded (too long or malformed); answer it with an error reply."""
+
+    reason: str
+
+
+class NeedData:
+    """More bytes are needed before another event can be returned."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+Event = Packet | Interrupt | Ack | Nack | DroppedPacket | NeedData
+
+
+def checksum(body: bytes) -> int:
+    """Modulo-256 sum of the framed (escaped) body bytes."""
+    return sum(body) & 0xFF
+
+
+def escape(data: bytes) -> bytes:
+    """Escape `# $ } *` as `}` followed by the byte xor 0x20."""
+    if not any(byte in _NEEDS_ESCAPE for byte in data):
+        return bytes(data)
+    out = bytearray()
+    for byte in data:
+        if byte in _NEEDS_ESCAPE:
+            out += bytes((_ESCAPE, byte ^ _ESCAPE_XOR))
+        else:
+            out.append(byte)
+    return bytes(out)
+
+
+def unescape(data: bytes) -> bytes:
+    """Undo `escape`; raises RspProtocolError on a `}` with nothing after it."""
+    if _ESCAPE not in data:
+        return bytes(data)
+    out = bytearray()
+    pending_escape = False
+    for byte in data:
+        if pending_escape:
+            out.append(byte ^ _ESCAPE_XOR)
+            pending_escape = False
+        elif byte == _ESCAPE:
+            pending_escape = True
+        else:
+            out.append(byte)
+    if pending_escape:
+        raise RspProtocolError("packet ends inside a '}' escape")
+    return bytes(out)
+
+
+def encode_hex(data: bytes) -> bytes:
+    """Bytes -> lowercase hex digits, two per byte."""
+    return data.hex().encode("ascii")
+
+
+def decode_hex(text: bytes) -> bytes:
+    """Hex digits -> bytes; raises RspProtocolError on odd length or a non-hex digit."""
+    if len(text) % 2 or not all(byte in _HEX_DIGITS for byte in text):
+        raise RspProtocolError(f"bad hex data {bytes(text[:32])!r}")
+    return bytes.fromhex(text.decode("ascii"))
+
+
+def parse_hex_int(text: bytes) -> int:
+    """A non-empty big-endian hex number such as b"c0100000"; raises RspProtocolError."""
+    if not text or not all(byte in _HEX_DIGITS for byte in text):
+        raise RspProtocolError(f"bad hex number {bytes(text[:32])!r}")
+    return int(text, 16)
+
+
+def int_to_le_hex(value: int, nbytes: int) -> bytes:
+    """Register value -> target byte order (little-endian) hex, `nbytes` bytes wide."""
+    return encode_hex((value & ((1 << (8 * nbytes)) - 1)).to_bytes(nbytes, "little"))
+
+
+def le_hex_to_int(text: bytes) -> int:
+    """Little-endian hex (as in g/p replies) -> int; raises RspProtocolError."""
+    return int.from_bytes(decode_hex(text), "little")
+
+
+def frame(payload: bytes) -> bytes:
+    """`$<escaped payload>#<checksum>` with no connection state involved."""
+    body = escape(payload)
+    return b"$" + body + b"#%02x" % checksum(body)
+
+
+class RspConnection:
+    """One gdb connection's framing state: receive buffer, ack mode, last packet sent.
+
+    Memory is bounded: a packet body longer than `max_packet_size` is discarded as it
+    arrives (RspProtocolError, then `DroppedPacket` once its end is seen).
+    """
+
+    def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
+        if max_packet_size < 1:
+            raise ValueError(f"max_packet_size must be positive, not {max_packet_size}")
+        self.max_packet_size = max_packet_size
+        self._buf = bytearray()
+        self._out = bytearray()
+        self._ack_mode = True
+        self._last_sent = b""
+        self._scanned = 1           # body offset already searched for '#'/'$'
+        self._junk = 0              # junk bytes skipped, reported when the run ends
+        self._discarding = False    # inside an oversized packet
+        self._discard_csum_left = 0
+
+    @property
+    def ack_mode(self) -> bool:
+        """True until `start_no_ack_mode`; in ack mode packets are acked with + or -."""
+        return self._ack_mode
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet turned into events (bounded by the packet limit
+        plus whatever the last receive_data call brought)."""
+        return len(self._buf)
+
+    def start_no_ack_mode(self) -> None:
+        """Stop acking; call right after sending the OK reply to QStartNoAckMode."""
+        self._ack_mode = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes read from gdb; no parsing happens here."""
+        self._buf += data
+
+    def data_to_send(self) -> bytes:
+        """Acks, nacks and retransmissions queued by `next_event`; clears the queue."""
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    def send(self, payload: bytes) -> bytes:
+        """Frame one reply payload; returns the bytes to write."""
+        framed = frame(payload)
+        self._last_sent = framed
+        return framed
+
+    def next_event(self) -> Event:
+        """Return the next event or NEED_DATA.
+
+        Raises RspProtocolError for junk, a bad checksum or an oversized packet; the
+        offending bytes are consumed first, so calling again continues the stream.
+        """
+        while True:
+            if self._discarding:
+                event = self._continue_discard()
+                if event is None:
+                    continue
+                return event
+            buf = self._buf
+            if not buf:
+                return NEED_DATA
+            first = buf[0]
+            if first not in _STARTS:
+                run = 1
+                while run < len(buf) and buf[run] not in _STARTS:
+                    run += 1
+                del buf[:run]
+                self._junk += run
+                if not buf:
+                    return NEED_DATA
+            if self._junk:
+                skipped, self._junk = self._junk, 0
+                raise RspProtocolError(f"skipped {skipped} junk bytes outside any packet")
+            first = buf[0]
+            if first == _PACKET_START:
+                return self._parse_packet()
+            del buf[:1]
+            if first == 0x03:
+                return Interrupt()
+            if first == ord("+"):
+                return Ack()
+            if self._ack_mode and self._last_sent:
+                self._out += self._last_sent
+            return Nack()
+
+    def _parse_packet(self) -> Event:
+        buf = self._buf
+        limit = self.max_packet_size
+        scan_end = min(len(buf), limit + 2)
+        match = _TERMINATOR.search(buf, self._scanned, scan_end)
+        if match is None:
+            if len(buf) >= limit + 2:
+                del buf[:limit + 2]
+                self._scanned = 1
+                self._discarding = True
+                self._discard_csum_left = 0
+                raise RspProtocolError(f"packet longer than {limit} bytes; discarding it")
+            self._scanned = max(1, scan_end)
+            return NEED_DATA
+        end = match.start()
+        if buf[end] == _PACKET_START:
+            del buf[:end]
+            self._scanned = 1
+            raise RspProtocolError(f"packet cut short by '$' after {end - 1} bytes")
+        if len(buf) < end + 3:
+            self._scanned = end
+            return NEED_DATA
+        body = bytes(buf[1:end])
+        csum_text = bytes(buf[end + 1:end + 3])
+        del buf[:end + 3]
+        self._scanned = 1
+        if not all(byte in _HEX_DIGITS for byte in csum_text) or int(csum_text, 16) != checksum(body):
+            if self._ack_mode:
+                self._out += b"-"
+            raise RspProtocolError(
+                f"bad checksum {csum_text!r} (expected {checksum(body):02x}) on {body[:32]!r}")
+        if self._ack_mode:
+            self._out += b"+"
+        try:
+            return Packet(unescape(body))
+        except RspProtocolError as error:
+            return DroppedPacket(str(error))
+
+    def _continue_discard(self) -> Event | None:
+        """Skip the rest of an oversized packet; None when a new '$' ended it early."""
+        buf = self._buf
+        while buf:
+            if self._discard_csum_left:
+                taken = min(self._discard_csum_left, len(buf))
+                del buf[:taken]
+                self._discard_csum_left -= taken
+                if self._discard_csum_left == 0:
+                    self._discarding = False
+                    if self._ack_mode:
+                        self._out += b"+"
+                    return DroppedPacket(f"packet longer than {self.max_packet_size} bytes")
+                continue
+            match = _TERMINATOR.search(buf)
+            if match is None:
+                del buf[:]
+                break
+            if buf[match.start()] == _PACKET_START:
+                del buf[:match.start()]
+                self._discarding = False
+                return None
+            del buf[:match.start() + 1]
+            self._discard_csum_left = 2
+        return NEED_DATA
