@@ -243,6 +243,59 @@ def test_symbols_table_is_empty_without_symtab():
     assert image.symbols.format(image.entry) == "0xc0100000"
 
 
+def grub_xen_like(kernel_size: int = 0x3000, bss_size: int = 0x800,
+                  mods_size: int = 0x200) -> bytes:
+    """The layout grub-mkimage -O i386-xen writes (util/grub-mkimagexx.c generate_elf).
+
+    Headers in the first page; kernel linked at 0; a PT_GNU_STACK; a PT_LOAD for the
+    modules; and last in the file 132 bytes of notes whose final PAE_MODE note
+    declares sizeof("yes,bimodal") = 12 desc bytes but holds only "yes\\0".
+    """
+    header_size = 0x1000
+    core = b"\x90" * kernel_size + b"\x01" * mods_size
+    notes = (note(b"Xen", N.GUEST_OS, b"GRUB\0") + note(b"Xen", N.LOADER, b"generic\0")
+             + note(b"Xen", N.XEN_VERSION, b"xen-3.0\0") + note(b"Xen", N.ENTRY, b"\0" * 4)
+             + note(b"Xen", N.VIRT_BASE, b"\0" * 4)
+             + struct.pack("<3I", 4, 12, N.PAE_MODE) + b"Xen\0yes\0")
+    assert len(notes) == 132
+    strings = b"\0.text\0mods\0.xen\0"
+    phnum, shnum = 4, 5
+    notes_at = header_size + len(core)
+    mods_va = (kernel_size + bss_size + 0xFFF) & ~0xFFF
+    image = bytearray(header_size) + core + notes
+    struct.pack_into("<16s2H5I6H", image, 0, b"\x7fELF\x01\x01\x01", 2, 3, 1, 0, 52,
+                     52 + 32 * phnum, 0, 52, 32, phnum, 40, shnum, 1)
+    for index, row in enumerate([
+            (PT_LOAD, header_size, 0, 0, kernel_size, kernel_size + bss_size, 7, 4),
+            (0x6474E551, header_size + kernel_size, 0, 0, 0, 0, 7, 4),          # PT_GNU_STACK
+            (PT_LOAD, header_size + kernel_size, mods_va, mods_va, mods_size, mods_size, 7, 4),
+            (PT_NOTE, notes_at, 0, 0, len(notes), 0, 4, 4)]):
+        struct.pack_into("<8I", image, 52 + 32 * index, *row)
+    sections_at = 52 + 32 * phnum
+    strings_at = sections_at + 40 * shnum
+    image[strings_at:strings_at + len(strings)] = strings
+    for index, row in enumerate([
+            (0, 3, 0, 0, strings_at, len(strings), 0, 0, 1, 0),
+            (1, SHT_PROGBITS, 0, 0, header_size, kernel_size, 0, 0, 4, 0),
+            (7, SHT_PROGBITS, 0, kernel_size, header_size + kernel_size, mods_size, 0, 0, 4, 0),
+            (12, SHT_PROGBITS, 0, kernel_size, notes_at, len(notes), 0, 0, 4, 0)], start=1):
+        struct.pack_into("<10I", image, sections_at + 40 * index, *row)
+    return bytes(image)
+
+
+def test_grub_i386_xen_layout_loads_with_a_warning():
+    image = load_guest_image(grub_xen_like(), name="grub-i386-xen.bin")
+    assert image.notes.guest_os == "GRUB" and image.notes.source == "notes"
+    assert image.entry == 0 and image.virt_base == 0 and image.kernel_start_va == 0
+    assert image.hypercall_page_va is None          # GRUB has no HYPERCALL_PAGE note
+    assert image.pae == PaeMode.EXTCR3 and image.notes.pae_mode == "yes"
+    assert [(s.guest_va, s.filesz, s.memsz) for s in image.segments] == [
+        (0, 0x3000, 0x3800), (0x4000, 0x200, 0x200)]
+    assert image.kernel_end_va == 0x5000
+    assert any("PAE_MODE declares 12 desc bytes but the file ends after 4" in w
+               for w in image.warnings)
+
+
 # --------------------------------------------------------------------------- malformed
 
 def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
@@ -424,7 +477,8 @@ def header_fields(data: bytes) -> list[tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def fuzz_bases(guests) -> list[tuple[bytes, list[tuple[int, int]]]]:
-    bases = [linux_like(), guests["linux"].read_bytes(), guests["gnumach"].read_bytes()]
+    bases = [linux_like(), grub_xen_like(), guests["linux"].read_bytes(),
+             guests["gnumach"].read_bytes()]
     return [(data, header_fields(data)) for data in bases]
 
 
@@ -450,7 +504,7 @@ def mutate(draw_data, data: bytes, fields: list[tuple[int, int]]) -> bytes:
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(choice=st.integers(0, 2), draw_data=st.data())
+@given(choice=st.integers(0, 3), draw_data=st.data())
 def test_mutated_images_load_or_raise_bad_guest_image(fuzz_bases, choice, draw_data):
     data, fields = fuzz_bases[choice]
     mutated = mutate(draw_data, data, fields)

@@ -146,3 +146,30 @@ _start:
     s.hv.guest_exception = exception
     s.run(max_insns=100)
     assert counts == [4]
+
+
+
+def test_exception_error_codes(tmp_path):
+    """The error codes of #GP and #PF reach the hypervisor (calibrated context field)."""
+    from pvdbg.xen.constants import ShutdownReason
+    guest = build_asm_guest(tmp_path, """
+_start:
+    mov $0x1234, %ax
+    mov %ax, %ds             /* #GP(0x1234): selector in the (absent) LDT */
+write_l3:
+    movl $1, (%ebx)          /* #PF(P|W): EBX points at the read-only L3 */
+""")
+    s = _session(guest)
+    codes = []
+
+    def exception(vector):
+        codes.append((vector, s.cpu.exception_error_code()))
+        if vector == 13:
+            s.cpu.write_many({"eip": s.image.symbols.address("write_l3"),
+                              "ebx": s.hv.layout.pt_base_va})
+        else:
+            s.hv.shutdown(ShutdownReason.poweroff)
+
+    s.hv.guest_exception = exception
+    s.run(max_insns=100)
+    assert codes == [(13, 0x1234), (14, 3)]

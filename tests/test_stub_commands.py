@@ -44,6 +44,7 @@ class FakeTarget:
         self.resume_calls: list[ResumeActions] = []
         self.resume_started = threading.Event()
         self.detach_count = 0
+        self.detached = threading.Event()
         self.killed = False
         self.monitor_commands: list[str] = []
         self._stop_requested = threading.Event()
@@ -166,6 +167,7 @@ class FakeTarget:
     def detach(self) -> None:
         self.detach_count += 1
         self.breakpoints.clear()
+        self.detached.set()
 
 
 # -- helpers --------------------------------------------------------------------

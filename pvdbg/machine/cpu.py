@@ -83,7 +83,7 @@ class InterruptSink(Protocol):
 class Calibration:
     """Offsets found by probing this Unicorn build (see module docstring)."""
     exception_in_flight_offset: int | None   # in the uc_context data
-    context_data_offset: int                 # bytes of header before context data
+    error_code_offset: int | None            # the exception's error code, same context
     emu_counter_offset: int | None           # in the uc_struct
 
 
@@ -92,7 +92,7 @@ _calibration_lock = threading.Lock()
 
 # A fresh Unicorn CPU is in 32-bit protected mode with an empty GDT: loading any
 # selector raises #GP.  "mov $0x1234,%ax; mov %ax,%ds" x2, then int3.
-_PROBE_GP = bytes.fromhex("66b83412" "8ed8" "66b83412" "8ed8" "cc")
+_PROBE_GP = bytes.fromhex("8e1d00180000" "8e1d02180000" "cc")   # mov ds,[0x1800]; mov ds,[0x1802]
 _PROBE_COUNT = bytes.fromhex("41" "41" "41" "cc")         # inc ecx x3; int3
 
 
@@ -115,10 +115,11 @@ def calibrate() -> Calibration:
         return _calibration
 
 
-def _probe_in_flight() -> tuple[int | None, int]:
+def _probe_in_flight() -> tuple[int | None, int | None]:
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, 0x2000)
     uc.mem_write(0x1000, _PROBE_GP)
+    uc.mem_write(0x1800, struct.pack("<HH", 0x1234, 0x5678))
     seen: list[bytes] = []
     vectors: list[int] = []
 
@@ -133,21 +134,29 @@ def _probe_in_flight() -> tuple[int | None, int]:
     uc.hook_add(UC_HOOK_INTR, hook)
     uc.emu_start(0x1000, 0, count=2)
     if vectors != [13]:
-        return None, 0
+        return None, None
     after = seen[0]
+    size = min(len(raw_before), len(after))
     minus_one, gp = b"\xff\xff\xff\xff", struct.pack("<i", 13)
-    candidates = [off for off in range(0, min(len(raw_before), len(after)) - 3, 4)
+    candidates = [off for off in range(0, size - 3, 4)
                   if raw_before[off:off + 4] == minus_one and after[off:off + 4] == gp]
+    code_candidates = [off for off in range(0, size - 3, 4)
+                       if after[off:off + 4] == struct.pack("<I", 0x1234)
+                       and raw_before[off:off + 4] != after[off:off + 4]]
     for off in candidates:
         # Verify: reset the field, fault again, and the CPU must report #GP, not #DF.
         ctx = uc.context_save()
         ctypes.memmove(_context_ptr(ctx) + off, minus_one, 4)
         uc.context_restore(ctx)
         vectors.clear()
+        seen.clear()
         uc.emu_start(0x1000 + 6, 0, count=2)
         if vectors == [13]:
-            return off, 0
-    return None, 0
+            second = seen[0]
+            code = next((c for c in code_candidates
+                         if second[c:c + 4] == struct.pack("<I", 0x5678)), None)
+            return off, code
+    return None, None
 
 
 def _probe_counter() -> int | None:
@@ -197,6 +206,8 @@ class X86Cpu:
     def _on_intr(self, uc: Uc, intno: int, _data) -> None:
         if intno in _IN_FLIGHT_VECTORS:
             self.clear_exception_in_flight()
+        elif intno in FAULT_VECTORS_WITH_ERROR_CODE:
+            self.uc.context_update(self._fix_ctx)
         if intno < 32 and intno not in (3, 4):
             self._slice_fault_adjust += 1
         self._sink.on_interrupt(intno)
@@ -204,6 +215,14 @@ class X86Cpu:
     def _on_invalid(self, uc: Uc, _data) -> bool:
         self._slice_fault_adjust += 1
         return self._sink.on_invalid_opcode()
+
+    def exception_error_code(self) -> int:
+        """Error code of the exception being handled (valid inside the hook for vectors
+        that push one; read from the context saved on entry to the hook)."""
+        off = self.calibration.error_code_offset
+        if off is None:
+            return 0
+        return ctypes.c_uint32.from_address(self._fix_ptr + off).value
 
     def clear_exception_in_flight(self) -> None:
         """Reset QEMU's in-flight exception marker (unicorn issue 1883)."""
