@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 from pathlib import Path
 
@@ -219,6 +220,13 @@ def test_bytes_and_names(guests):
     assert load_guest_image(bytearray(data), name="xtf").path == "xtf"
     with pytest.raises(BadGuestImage, match=r"^guest\.elf: not an ELF file$"):
         load_guest_image(b"MZ\x90\x00" * 20, name="guest.elf")
+
+
+def test_bad_guest_image_pickles():
+    error = BadGuestImage("k.elf", "64-bit (x86-64) PV kernels are not supported yet",
+                          elfclass=64)
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error) and copy.elfclass == 64 and copy.reason == error.reason
 
 
 def test_missing_file(tmp_path):

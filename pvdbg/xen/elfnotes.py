@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "XenElfNote",
     "PaeMode",
+    "XENFEAT_BY_NAME",
     "XenNotes",
     "ElfProgramHeader",
     "ElfSectionHeader",

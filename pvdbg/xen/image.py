@@ -70,6 +70,9 @@ class BadGuestImage(Exception):
         self.elfclass = elfclass
         super().__init__(f"{name}: {self.reason}")
 
+    def __reduce__(self):
+        return (BadGuestImage, (self.name, self.reason), {"elfclass": self.elfclass})
+
 
 class SegmentFlags(IntFlag):
     """ELF p_flags."""
