@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
+from .debug import DebugState, WatchKind, parse_catch_spec
 from .machine.cpu import CpuError
 from .trace import TraceLog
 from .xen.builder import BuildOptions, build_domain
@@ -33,6 +34,9 @@ class StopReason(StrEnum):
     limit = "limit"                # --max-insns reached
     timeout = "timeout"            # --timeout reached
     blocked = "blocked"            # every vcpu sleeps and nothing can wake it
+    breakpoint = "breakpoint"
+    watchpoint = "watchpoint"      # address = data VA, watch_kind = write/read/access
+    catch = "catch"                # a catchpoint matched; message says which record
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Stopped:
     eip: int
     icount: int
     detail: str = ""
+    address: int | None = None
+    watch_kind: str | None = None
 
 
 class SessionError(Exception):
@@ -76,6 +82,7 @@ class Session:
         self.cpu = self.hv.cpu
         self._interrupt = threading.Event()
         self.last_stop: Stopped | None = None
+        self.debug = DebugState(self.hv)
 
     @classmethod
     def open(cls, path: str | Path | None = None, options: SessionOptions = SessionOptions(),
@@ -85,8 +92,10 @@ class Session:
         return cls(image, options, trace_file)
 
     # -- execution ---------------------------------------------------------------
-    def _stopped(self, reason: StopReason, detail: str = "") -> Stopped:
-        stop = Stopped(reason, self.hv.current.vcpu_id, self.cpu.read("eip"), self.cpu.icount, detail)
+    def _stopped(self, reason: StopReason, detail: str = "", address: int | None = None,
+                 watch_kind: str | None = None) -> Stopped:
+        stop = Stopped(reason, self.hv.current.vcpu_id, self.cpu.read("eip"), self.cpu.icount,
+                       detail, address, watch_kind)
         self.last_stop = stop
         self.trace.flush()
         return stop
@@ -107,6 +116,7 @@ class Session:
         self._interrupt.clear()
         deadline = None if timeout is None else time.monotonic() + timeout
         limit = None if max_insns is None else self.cpu.icount + max_insns
+        self.debug.skip_breakpoint_at = self.cpu.read("eip")
         while True:
             vcpu = self.hv.current
             if vcpu.blocked:
@@ -123,9 +133,10 @@ class Session:
                 self.cpu.run(budget)
             except CpuError as exc:
                 self.hv.crash_domain(str(exc))
-            if self.hv.internal_error is not None:
-                err, self.hv.internal_error = self.hv.internal_error, None
-                raise SessionError(f"internal error in the emulated hypervisor: {err!r}") from err
+            self._check_internal_error()
+            hit = self._take_hit()
+            if hit is not None:
+                return hit
             dead = self._dead_stop()
             if dead is not None:
                 return dead
@@ -135,19 +146,93 @@ class Session:
             if deadline is not None and time.monotonic() >= deadline:
                 return self._stopped(StopReason.timeout, f"timeout of {timeout} s reached")
 
+    def _check_internal_error(self) -> None:
+        if self.hv.internal_error is not None:
+            err, self.hv.internal_error = self.hv.internal_error, None
+            raise SessionError(f"internal error in the emulated hypervisor: {err!r}") from err
+
+    def _take_hit(self) -> Stopped | None:
+        hit = self.debug.hit
+        if hit is None:
+            return None
+        self.debug.hit = None
+        if hit.kind == "breakpoint":
+            return self._stopped(StopReason.breakpoint, f"breakpoint at {hit.address:#x}",
+                                 address=hit.address)
+        if hit.kind == "watch":
+            self.debug.finish_watch_hit(self._step_one_raw)
+            self.debug.hit = None
+            return self._stopped(StopReason.watchpoint,
+                                 f"{hit.watch_kind} watchpoint at {hit.address:#x}",
+                                 address=hit.address, watch_kind=str(hit.watch_kind))
+        return self._stopped(StopReason.catch, hit.message, address=hit.address)
+
+    def _in_hypervisor_code(self) -> bool:
+        from .xen.entry import TRAMPOLINE_VA
+        return TRAMPOLINE_VA <= self.cpu.read("eip") < TRAMPOLINE_VA + 4096
+
+    def _step_one_raw(self) -> None:
+        """One guest instruction, then through any of Xen's own trampolines."""
+        self.cpu.run(1)
+        guard = 0
+        while self._in_hypervisor_code() and not self.hv.domain.is_dying and guard < 16:
+            self.cpu.run(1)
+            guard += 1
+
     def step(self, count: int = 1) -> Stopped:
-        """Execute exactly `count` guest instructions (hypercalls complete within one)."""
+        """Execute exactly `count` guest instructions.  A hypercall completes within its
+        `int $0x82`; stepping into a fault lands on the guest's handler."""
         dead = self._dead_stop()
         if dead is not None:
             return dead
         for _ in range(count):
             if self.hv.current.blocked:
                 return self._stopped(StopReason.blocked, "vcpu is blocked")
-            self.cpu.run(1)
+            self.debug.skip_breakpoint_at = self.cpu.read("eip")
+            self._step_one_raw()
+            self.debug.skip_breakpoint_at = None
+            self._check_internal_error()
+            hit = self._take_hit()
+            if hit is not None and hit.reason is not StopReason.breakpoint:
+                return hit
             dead = self._dead_stop()
             if dead is not None:
                 return dead
         return self._stopped(StopReason.step)
+
+    def step_range(self, start: int, end: int, max_steps: int = 1_000_000) -> Stopped:
+        """Step while start <= EIP < end (gdb's range stepping)."""
+        stop = self.step(1)
+        steps = 1
+        while (stop.reason is StopReason.step and start <= stop.eip < end
+               and steps < max_steps and not self._interrupt.is_set()):
+            if stop.eip in self.debug.breakpoints:
+                return self._stopped(StopReason.breakpoint, f"breakpoint at {stop.eip:#x}",
+                                     address=stop.eip)
+            stop = self.step(1)
+            steps += 1
+        self._interrupt.clear()
+        return stop
+
+    # -- breakpoints, watchpoints, catchpoints --------------------------------------
+    def add_breakpoint(self, guest_va: int) -> None:
+        self.debug.add_breakpoint(guest_va)
+
+    def remove_breakpoint(self, guest_va: int) -> bool:
+        return self.debug.remove_breakpoint(guest_va)
+
+    def add_watchpoint(self, kind: str, guest_va: int, length: int) -> None:
+        self.debug.add_watchpoint(WatchKind(kind), guest_va, length)
+
+    def remove_watchpoint(self, kind: str, guest_va: int, length: int) -> bool:
+        return self.debug.remove_watchpoint(WatchKind(kind), guest_va, length)
+
+    def add_catchpoint(self, spec: str):
+        """`spec` as in pvdbg.debug.CATCH_HELP; raises CatchSpecError."""
+        return self.debug.add_catchpoint(*parse_catch_spec(spec))
+
+    def remove_catchpoint(self, number: int) -> bool:
+        return self.debug.remove_catchpoint(number)
 
     def request_stop(self) -> None:
         """Ask a running `run` to stop (thread-safe)."""

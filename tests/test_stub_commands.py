@@ -18,7 +18,8 @@ from pvdbg.stub.target import (CONTINUE, STAY_STOPPED, STEP, BreakpointKind, Gdb
                                MemoryAccessError, RegisterUnavailable, ResumeAction,
                                ResumeActions, ResumeKind, StopEvent, StopReason, Target,
                                TargetError, UnsupportedBreakpoint)
-from pvdbg.stub.tdesc import load_target_description
+from pvdbg.stub.tdesc import (TargetDescriptionError, load_target_description,
+                              parse_target_description)
 
 MEMORY_BASE = 0xC0100000
 MEMORY_SIZE = 0x1000
@@ -297,6 +298,54 @@ def test_qxfer_features_includes_are_served(stub: Stub) -> None:
                                     b"qXfer:features:read:target.xml"])
 def test_qxfer_features_bad_requests(stub: Stub, packet: bytes) -> None:
     assert reply(stub, packet) == b"E16"
+
+
+def test_register_table_order_matches_gdb_i386_features() -> None:
+    registers = load_target_description().registers
+    expected = (["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags",
+                 "cs", "ss", "ds", "es", "fs", "gs"]
+                + [f"st{i}" for i in range(8)]
+                + ["fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop"]
+                + [f"xmm{i}" for i in range(8)] + ["mxcsr"]
+                + ["cr0", "cr2", "cr3", "cr4", "upcall_mask", "upcall_pending"])
+    assert [reg.name for reg in registers] == expected
+    assert [reg.regnum for reg in registers] == list(range(len(expected)))
+    assert {reg.feature for reg in registers} == {
+        "org.gnu.gdb.i386.core", "org.gnu.gdb.i386.sse", "org.pvdbg.xen"}
+    by_name = registers.by_name
+    assert (by_name["st3"].bitsize, by_name["xmm7"].bitsize, by_name["upcall_mask"].bitsize) \
+        == (80, 128, 8)
+
+
+def _feature(regs: str) -> bytes:
+    return f'<feature name="f">{regs}</feature>'.encode()
+
+
+_TARGET = (b'<target xmlns:xi="http://www.w3.org/2001/XInclude">'
+           b'<xi:include href="a.xml"/></target>')
+
+
+@pytest.mark.parametrize("annexes", [
+    {"target.xml": _TARGET},
+    {"target.xml": b"<target>"},
+    {"other.xml": _TARGET},
+    {"target.xml": _TARGET, "a.xml": _feature('<reg name="r" bitsize="32" regnum="1"/>')},
+    {"target.xml": _TARGET, "a.xml": _feature('<reg name="r" bitsize="12"/>')},
+    {"target.xml": _TARGET, "a.xml": _feature('<reg name="r" bitsize="wide"/>')},
+    {"target.xml": _TARGET,
+     "a.xml": _feature('<reg name="r" bitsize="8"/><reg name="r" bitsize="8"/>')},
+])
+def test_inconsistent_descriptions_are_rejected(annexes: dict[str, bytes]) -> None:
+    with pytest.raises(TargetDescriptionError):
+        parse_target_description(annexes)
+
+
+def test_inline_features_are_numbered_in_order() -> None:
+    description = parse_target_description({"target.xml": b"<target>" + _feature(
+        '<reg name="a" bitsize="16"/><reg name="b" bitsize="64"/>') + b"</target>"})
+    assert [(reg.name, reg.regnum, reg.nbytes) for reg in description.registers] == [
+        ("a", 0, 2), ("b", 1, 8)]
+    assert description.read("target.xml", 2, 4) == (b"arge", False)
 
 
 # -- registers --------------------------------------------------------------------------

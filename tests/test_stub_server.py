@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pvdbg.stub.rsp import NEED_DATA, Ack, Packet, RspConnection, decode_hex
+from pvdbg.stub.rsp import NEED_DATA, Ack, Packet, RspConnection, decode_hex, frame
 from pvdbg.stub.server import BUSY_MESSAGE, GdbServer, serve_stdio
 from pvdbg.stub.target import StopEvent, StopReason
 from test_stub_commands import MEMORY_BASE, FakeTarget
@@ -29,6 +29,7 @@ class GdbClient:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = RspConnection()
         self.acks = 0
 
@@ -283,6 +284,14 @@ def test_stdio_mode(target: FakeTarget) -> None:
     assert target.detach_count == 1
 
 
+def test_stdio_mode_with_in_memory_streams(target: FakeTarget) -> None:
+    commands = frame(b"?") + frame(b"qC") + b"\x03" + frame(b"k")
+    output = io.BytesIO()
+    serve_stdio(target, io.BytesIO(commands), output, log=io.StringIO())
+    assert output.getvalue() == b"+" + frame(b"T05thread:1;") + b"+" + frame(b"QC1") + b"+"
+    assert target.killed
+
+
 # -- end to end with real gdb -----------------------------------------------------------
 
 GDB = shutil.which("gdb") or "/usr/bin/gdb"
@@ -341,6 +350,33 @@ def test_real_gdb_session(target: FakeTarget, server: GdbServer) -> None:
 
 
 @pytest.mark.e2e
+def test_real_gdb_sees_catch_watch_and_shutdown(target: FakeTarget, server: GdbServer) -> None:
+    data_va = MEMORY_BASE + 0x100
+    target.scripted.extend([
+        StopEvent(1, StopReason.CATCH, message="caught hypercall mmu_update (multicall entry 2 of 3)"),
+        StopEvent(0, StopReason.AWATCH, address=data_va),
+        StopEvent(0, StopReason.SHUTDOWN, message="domain shut down: poweroff", exit_code=0),
+    ])
+    result = run_gdb([
+        f"target remote 127.0.0.1:{server.port}",
+        f"awatch *(int *){data_va:#x}",
+        "continue",
+        "info threads",
+        "continue",
+        "continue",
+    ])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert_no_tdesc_warnings(output)
+    assert "caught hypercall mmu_update (multicall entry 2 of 3)" in output
+    assert 'Thread 2 "vcpu1" received signal SIGTRAP' in output
+    assert "* 2    Thread 2" in output
+    assert f"Hardware access (read/write) watchpoint 1: *(int *){data_va:#x}" in output
+    assert "domain shut down: poweroff" in output
+    assert "exited normally" in output
+
+
+@pytest.mark.e2e
 def test_real_gdb_over_stdio(tmp_path: Path) -> None:
     launcher = tmp_path / "stub.py"
     launcher.write_text(
@@ -354,6 +390,7 @@ def test_real_gdb_over_stdio(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert_no_tdesc_warnings(output)
+    assert "Fatal Python error" not in output
     assert f"{MEMORY_BASE + 1:#x} in ?? ()" in output
     assert f"{MEMORY_BASE + 1:#x}:\t0x01\t0x02" in output
 

@@ -224,6 +224,10 @@ class X86Cpu:
             return 0
         return ctypes.c_uint32.from_address(self._fix_ptr + off).value
 
+    def uncount_current(self) -> None:
+        """The instruction being hooked will not retire now (a debugger stop before it)."""
+        self._slice_fault_adjust += 1
+
     def clear_exception_in_flight(self) -> None:
         """Reset QEMU's in-flight exception marker (unicorn issue 1883)."""
         off = self.calibration.exception_in_flight_offset

@@ -123,7 +123,7 @@ _ERROR_CODES: dict[type[BaseException], int] = {
     RspProtocolError: 22,         # EINVAL
     UnsupportedBreakpoint: 95,    # EOPNOTSUPP
 }
-_BUG_ERROR_CODE = 1
+_BUG_ERROR_CODE = 1              # anything else: a pvdbg bug, logged with its traceback
 
 
 def error_reply(error: BaseException) -> bytes:
@@ -191,7 +191,7 @@ class Stub:
             return Replies((error_reply(error),))
         except Exception:
             log.exception("pvdbg bug handling packet %r", payload[:64])
-            return Replies((error_reply(Exception()),))
+            return Replies((b"E%02x" % _BUG_ERROR_CODE,))
         if isinstance(result, bytes):
             return Replies((result,))
         return result

@@ -259,6 +259,7 @@ class GdbServer:
                     if key.fileobj is self._listener and not self._closing:
                         try:
                             sock, address = self._listener.accept()
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         except OSError:
                             continue
                         self._on_connect(sock, f"{address[0]}:{address[1]}")
@@ -281,7 +282,8 @@ class GdbServer:
             self._serve_thread.join()
         if client is not None and client_thread is not None:
             client.stop()
-            client_thread.join()
+            if client_thread is not threading.current_thread():
+                client_thread.join()
         self._listener.close()
         self._wakeup_read.close()
         self._wakeup_write.close()
@@ -303,13 +305,12 @@ class GdbServer:
                 thread = threading.Thread(target=client.run, name=f"pvdbg-rsp {peer}",
                                           daemon=True)
                 self._client, self._client_thread = client, thread
+                _log(self._log, f"gdb connected from {peer}")
+                thread.start()
         if busy:
             _log(self._log, f"refused {peer}: another gdb is attached")
             threading.Thread(target=_refuse, args=(sock,), name=f"pvdbg-refuse {peer}",
                              daemon=True).start()
-            return
-        _log(self._log, f"gdb connected from {peer}")
-        thread.start()
 
 
 def _refuse(sock: socket.socket) -> None:
@@ -343,15 +344,20 @@ def serve_stdio(target: Target, rfile: BinaryIO, wfile: BinaryIO, *,
                 max_packet_size: int = MAX_PACKET_SIZE, log: TextIO | None = None) -> None:
     """Serve one gdb over a pipe pair (`target remote | pvdbg ... --stdio`); returns
     when gdb detaches, kills or closes the pipe. Diagnostics go to `log` (stderr)."""
-    read1 = getattr(rfile, "read1", None)
-    if read1 is not None:
-        def read_chunk() -> bytes:
-            return read1(READ_CHUNK_BYTES)
-    else:
+    try:
         descriptor = rfile.fileno()
-
+    except (AttributeError, OSError, ValueError):
+        descriptor = -1
+    if descriptor >= 0:
+        # Raw reads: a reader thread blocked inside a BufferedReader would hold its
+        # lock and make interpreter shutdown abort.
         def read_chunk() -> bytes:
             return os.read(descriptor, READ_CHUNK_BYTES)
+    else:
+        read_some = getattr(rfile, "read1", rfile.read)
+
+        def read_chunk() -> bytes:
+            return read_some(READ_CHUNK_BYTES)
 
     def write(data: bytes) -> None:
         if data:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
 
-from pvdbg.stub.rsp import RspProtocolError, decode_hex, encode_hex
+from pvdbg.stub.rsp import RspProtocolError, int_to_le_hex, le_hex_to_int
 
 TARGET_ANNEX = "target.xml"
 _XINCLUDE = "{http://www.w3.org/2001/XInclude}include"
@@ -38,14 +38,14 @@ class RegisterSpec:
 
     def to_hex(self, value: int) -> bytes:
         """Little-endian hex, as in g/p replies."""
-        return encode_hex((value & ((1 << self.bitsize) - 1)).to_bytes(self.nbytes, "little"))
+        return int_to_le_hex(value, self.nbytes)
 
     def from_hex(self, text: bytes) -> int:
         """Parse this register's little-endian hex; raises RspProtocolError."""
         if len(text) != 2 * self.nbytes:
             raise RspProtocolError(
                 f"register {self.name} needs {2 * self.nbytes} hex digits, got {len(text)}")
-        return int.from_bytes(decode_hex(text), "little")
+        return le_hex_to_int(text)
 
     @property
     def unavailable_hex(self) -> bytes:
@@ -116,9 +116,12 @@ def parse_target_description(annexes: Mapping[str, bytes]) -> TargetDescription:
     for feature in features:
         feature_name = feature.get("name", "")
         for reg in feature.iter("reg"):
-            regnum = int(reg.get("regnum", next_regnum))
-            registers.append(RegisterSpec(reg.get("name", ""), int(reg.get("bitsize", "0")),
-                                          regnum, feature_name))
+            try:
+                regnum = int(reg.get("regnum", next_regnum))
+                bitsize = int(reg.get("bitsize", "0"))
+            except ValueError as error:
+                raise TargetDescriptionError(f"{feature_name}: {error}") from error
+            registers.append(RegisterSpec(reg.get("name", ""), bitsize, regnum, feature_name))
             next_regnum = regnum + 1
     return TargetDescription(MappingProxyType(dict(annexes)), RegisterTable(registers))
 
