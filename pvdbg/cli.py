@@ -32,6 +32,9 @@ def _add_guest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cmdline", default="", help="guest command line (start_info.cmd_line)")
     p.add_argument("--identity-p2m", action="store_true",
                    help="give the guest pfn == mfn instead of a shuffled P2M")
+    p.add_argument("--clock", choices=("icount", "host"), default="icount",
+                   help="icount (default): exact instruction counts, deterministic time and "
+                        "traces; host: full emulation speed, wall-clock time, no counts")
     p.add_argument("--p2m-seed", type=lambda v: int(v, 0), default=0x5EED,
                    help="seed of the shuffled P2M (default 0x5eed)")
 
@@ -52,7 +55,7 @@ def _open_session(args, trace_file: IO[str] | None):
     from .session import Session, SessionOptions
     from .xen.builder import BuildError
     from .xen.image import BadGuestImage
-    options = SessionOptions(memory_mib=args.memory, cmdline=args.cmdline,
+    options = SessionOptions(memory_mib=args.memory, cmdline=args.cmdline, clock=args.clock,
                              p2m_seed=None if args.identity_p2m else args.p2m_seed)
     try:
         return Session.open(args.guest, options, trace_file)

@@ -24,6 +24,7 @@ from .xen.hypervisor import Hypervisor
 from .xen.image import GuestImage, load_guest_image
 
 DEFAULT_SLICE = 2_000_000          # instructions per emu_start when nothing is watched
+HOST_SLICE_US = 20_000             # wall-clock slice with clock="host"
 
 
 class StopReason(StrEnum):
@@ -44,7 +45,7 @@ class Stopped:
     reason: StopReason
     vcpu: int
     eip: int
-    icount: int
+    icount: int | None
     detail: str = ""
     address: int | None = None
     watch_kind: str | None = None
@@ -66,6 +67,7 @@ class SessionOptions:
     p2m_seed: int | None = 0x5EED
     vcpus: int = 1
     trace_capacity: int = 1_000_000
+    clock: str = "icount"      # "icount": exact counts, deterministic; "host": full speed
 
 
 class Session:
@@ -83,6 +85,9 @@ class Session:
         self._interrupt = threading.Event()
         self.last_stop: Stopped | None = None
         self.debug = DebugState(self.hv)
+        if options.clock not in ("icount", "host"):
+            raise SessionError(f"clock must be 'icount' or 'host', not {options.clock!r}")
+        self.cpu.counting = options.clock == "icount"
 
     @classmethod
     def open(cls, path: str | Path | None = None, options: SessionOptions = SessionOptions(),
@@ -130,7 +135,10 @@ class Session:
                     return self._stopped(StopReason.limit, f"instruction limit {max_insns} reached")
             self.cpu.stop_requested = False
             try:
-                self.cpu.run(budget)
+                if self.cpu.counting or limit is not None:
+                    self.cpu.run(budget)
+                else:
+                    self.cpu.run(0, timeout_us=HOST_SLICE_US, counted=False)
             except CpuError as exc:
                 self.hv.crash_domain(str(exc))
             self._check_internal_error()

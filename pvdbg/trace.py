@@ -29,7 +29,7 @@ class TraceKind(StrEnum):
 class TraceRecord:
     seq: int
     kind: TraceKind
-    icount: int                 # instructions retired before this event
+    icount: int | None          # instructions retired before this event (None: uncounted)
     vcpu: int
     eip: int                    # guest EIP of the caller / faulting instruction
     name: str                   # hypercall name, trap name, ...

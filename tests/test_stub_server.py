@@ -173,10 +173,10 @@ def test_reattach_after_dropped_connection(server: GdbServer, target: FakeTarget
     second = GdbClient(server.port)
     try:
         assert second.request(b"?") == b"T05thread:1;"
+        assert target.detach_count == 1
+        assert target.breakpoints == set()
     finally:
         second.close()
-    assert target.detach_count == 1
-    assert target.breakpoints == set()
 
 
 def test_drop_while_running_stops_the_guest(server: GdbServer, target: FakeTarget) -> None:
@@ -188,9 +188,9 @@ def test_drop_while_running_stops_the_guest(server: GdbServer, target: FakeTarge
     second = GdbClient(server.port)
     try:
         assert second.request(b"?") == b"T02thread:1;"
+        assert target.detach_count == 1
     finally:
         second.close()
-    assert target.detach_count == 1
 
 
 def test_detach_closes_and_allows_a_new_client(server: GdbServer, target: FakeTarget) -> None:
@@ -201,9 +201,9 @@ def test_detach_closes_and_allows_a_new_client(server: GdbServer, target: FakeTa
     second = GdbClient(server.port)
     try:
         assert second.request(b"qfThreadInfo") == b"m1,2"
+        assert target.detach_count == 1
     finally:
         second.close()
-    assert target.detach_count == 1
 
 
 def test_kill_closes_without_reply(client: GdbClient, target: FakeTarget) -> None:

@@ -30,7 +30,7 @@ def render_hypercall_summary(stop, trace: TraceLog) -> str:
     counts = Counter({k: v for k, v in trace.counts.items()})
     errors = Counter(r.name for r in trace if r.kind is TraceKind.hypercall and r.error)
     lines = [f"pvdbg: stopped: {stop.reason}" + (f" ({stop.detail})" if stop.detail else "")
-             + f" after {stop.icount} instructions"]
+             + (f" after {stop.icount} instructions" if stop.icount is not None else "")]
     if counts:
         lines.append(f"pvdbg: {sum(counts.values())} hypercalls:")
         width = max(len(n) for n in counts)

@@ -31,6 +31,11 @@ class GuestMemory:
         self.memory = memory
         self._cr3 = cr3
         self.hole_start = hole_start
+        self._tlb: dict[tuple[int, bool], int] = {}   # (guest page, write) -> machine page
+
+    def flush(self) -> None:
+        """Forget cached translations (with every TLB flush, as the MMU's TLB)."""
+        self._tlb.clear()
 
     def translate(self, guest_va: int, *, write: bool = False) -> Walk:
         try:
@@ -44,11 +49,18 @@ class GuestMemory:
         done = 0
         while done < length:
             va = guest_va + done
-            walk = self.translate(va, write=write)
+            key = (va >> 12, write)
+            page = self._tlb.get(key)
+            if page is None:
+                walk = self.translate(va, write=write)
+                if not self.memory.frame_valid(walk.maddr >> 12):
+                    raise GuestFault(va, "maps a frame outside RAM")
+                page = walk.maddr & ~0xFFF
+                if len(self._tlb) > 4096:
+                    self._tlb.clear()
+                self._tlb[key] = page
             chunk = min(length - done, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
-            if not self.memory.frame_valid(walk.maddr >> 12):
-                raise GuestFault(va, "maps a frame outside RAM")
-            yield walk.maddr, done, chunk
+            yield page | (va & 0xFFF), done, chunk
             done += chunk
 
     def read(self, guest_va: int, length: int) -> bytes:
@@ -64,6 +76,9 @@ class GuestMemory:
             self.memory.view[maddr:maddr + chunk] = data[done:done + chunk]
 
     def read_u32(self, guest_va: int) -> int:
+        page = self._tlb.get((guest_va >> 12, False))
+        if page is not None and (guest_va & 0xFFF) <= 0xFFC and guest_va + 4 <= self.hole_start:
+            return self.memory.read_u32(page | (guest_va & 0xFFF))
         return struct.unpack("<I", self.read(guest_va, 4))[0]
 
     def write_u32(self, guest_va: int, value: int) -> None:

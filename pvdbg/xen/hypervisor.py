@@ -103,6 +103,7 @@ class Hypervisor:
         self.domain = DomainState()
         self.cpu = X86Cpu(self.memory, self)
         self.guest = GuestMemory(self.memory, self._current_cr3)
+        self.cpu.tlb_listeners.append(self.guest.flush)
         self.vcpus = [Vcpu(i) for i in range(len(built.private_area.reserved_gdt_mfns))]
         self.current = self.vcpus[0]
         self.area = built.private_area
@@ -185,7 +186,7 @@ class Hypervisor:
     # -- hypercalls --------------------------------------------------------------
     def hypercall(self) -> None:
         cpu = self.cpu
-        eax, ebx, ecx, edx, esi, edi, ebp, eip = cpu.hypercall_registers()
+        eax, ebx, ecx, edx, esi, edi, ebp, eip, esp = cpu.hypercall_registers()
         caller = eip - 2
         number = eax
         spec = HYPERCALLS.get(number)
@@ -215,19 +216,19 @@ class Hypervisor:
                 ctx.note(f"bad guest buffer: {fault}")
         self.current_hypercall_seq = None
         if result is not None:
-            cpu.write("eax", result & 0xFFFFFFFF)
+            cpu.write_eax(result)
         record = TraceRecord(
             seq=record_seq, kind=TraceKind.hypercall, icount=icount, vcpu=vcpu.vcpu_id,
             eip=caller, name=name, args=args, result=result, error=errno_name(result or 0),
-            symbol=self._caller_symbol(caller), detail="; ".join(ctx.details))
+            symbol=self._caller_symbol(caller, esp), detail="; ".join(ctx.details))
         self.emit(record)
 
-    def _caller_symbol(self, caller: int) -> str | None:
+    def _caller_symbol(self, caller: int, esp: int) -> str | None:
         """The hypercall stub's caller: the return address on the stack when via the page."""
         hp = self.hypercall_page_va
         if hp is not None and hp <= caller < hp + 4096:
             try:
-                ret = self.guest.read_u32(self.cpu.read("esp"))
+                ret = self.guest.read_u32(esp)
                 return self.symbolize(ret - 5) or f"{ret - 5:#x}"
             except GuestFault:
                 return None
