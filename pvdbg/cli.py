@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-insns", type=int, metavar="N", help="stop after N instructions")
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS")
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    gs = sub.add_parser("gdbserver", help="serve the guest to gdb, halted at its first instruction")
+    _add_guest_options(gs)
+    where = gs.add_mutually_exclusive_group()
+    where.add_argument("--port", type=int, default=1234, help="TCP port (0: pick a free one)")
+    where.add_argument("--stdio", action="store_true",
+                       help="speak RSP on stdin/stdout (gdb: target remote | pvdbg gdbserver --stdio)")
+    gs.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
+                    help="address to bind (default 127.0.0.1; anything else is reachable by others)")
     return parser
 
 
@@ -117,7 +125,33 @@ def cmd_run(args) -> int:
             StopReason.interrupt: EXIT_BOUND}.get(stop.reason, EXIT_INTERNAL)
 
 
-COMMANDS = {"run": cmd_run}
+def cmd_gdbserver(args) -> int:
+    from .stub.engine import SessionTarget
+    from .stub.server import GdbServer, serve_stdio
+    if args.guest is not None and not Path(args.guest).exists():
+        raise _Fatal(f"{args.guest}: no such file", EXIT_BAD_INPUT)
+    session = _open_session(args, None)
+    target = SessionTarget(session)
+    if args.stdio:
+        serve_stdio(target, sys.stdin.buffer, sys.stdout.buffer, log=sys.stderr)
+        return EXIT_OK
+    try:
+        server = GdbServer(target, host=args.listen, port=args.port, log=sys.stderr)
+    except OSError as exc:
+        raise _Fatal(f"cannot listen on {args.listen}:{args.port}: {exc.strerror}", EXIT_BAD_INPUT)
+    sys.stderr.write(f"pvdbg: gdbserver listening on {server.host}:{server.port} "
+                     f"(gdb: target remote {server.host}:{server.port})\n")
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "gdbserver": cmd_gdbserver}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -269,6 +269,45 @@ class Session:
         """Guest-virtual read through the current pagetables; raises GuestFault."""
         return self.hv.guest.read(guest_va, length)
 
+    def read_memory_any(self, guest_va: int, length: int) -> bytes:
+        """Like read_memory, but reaches the hypervisor hole too (Xen's trampolines,
+        the M2P): what the CPU can read at ring 1.  For the debugger, not for guests."""
+        from .machine.paging import PageWalkError, walk_pae
+        out = bytearray()
+        while len(out) < length:
+            va = (guest_va + len(out)) & 0xFFFFFFFF
+            try:
+                walk = walk_pae(self.hv.memory, self.hv.cr3, va)
+            except PageWalkError as exc:
+                raise GuestFault(va, exc.reason) from None
+            if not self.hv.memory.frame_valid(walk.maddr >> 12):
+                raise GuestFault(va, "maps a frame outside RAM")
+            chunk = min(length - len(out), 4096 - (va & 0xFFF))
+            out += self.hv.memory.read(walk.maddr, chunk)
+        return bytes(out)
+
+    def write_memory(self, guest_va: int, data: bytes) -> None:
+        """Debugger write through the current pagetables, even to read-only mappings of
+        guest frames (as a debugger pokes code); never to Xen's own frames.  Translated
+        code for the range is dropped."""
+        from .machine.paging import PageWalkError, walk_pae
+        pieces = []
+        done = 0
+        while done < len(data):
+            va = guest_va + done
+            try:
+                walk = walk_pae(self.hv.memory, self.hv.cr3, va)
+            except PageWalkError as exc:
+                raise GuestFault(va, exc.reason) from None
+            if va >= self.hv.guest.hole_start or walk.mfn in self.hv.built.xen_mfns:
+                raise GuestFault(va, "belongs to the hypervisor")
+            chunk = min(len(data) - done, 4096 - (va & 0xFFF))
+            pieces.append((walk.maddr, data[done:done + chunk]))
+            done += chunk
+        for maddr, piece in pieces:
+            self.hv.memory.write(maddr, piece)
+        self.cpu.invalidate_code(guest_va, guest_va + len(data))
+
     def symbol(self, name: str) -> int | None:
         return self.image.symbols.address(name)
 

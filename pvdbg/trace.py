@@ -60,6 +60,7 @@ class TraceLog:
         self._records: deque[TraceRecord] = deque(maxlen=capacity)
         self._spill = spill
         self.total = 0
+        self.recording = True       # `trace stop` pauses recording (records are dropped)
         self._next_seq = 0
         self.counts: dict[str, int] = {}
 
@@ -70,6 +71,8 @@ class TraceLog:
         return seq
 
     def append(self, record: TraceRecord) -> TraceRecord:
+        if not self.recording:
+            return record
         self._records.append(record)
         self.total += 1
         if record.kind is TraceKind.hypercall or record.kind is TraceKind.multicall_entry:
