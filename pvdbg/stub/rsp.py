@@ -25,6 +25,7 @@ _NEEDS_ESCAPE: Final = frozenset(b"#$}*")
 _PACKET_START: Final = 0x24  # '$'
 _STARTS: Final = frozenset(b"$+-\x03")
 _TERMINATOR: Final = re.compile(rb"[#$]")
+_START: Final = re.compile(rb"[$+\-\x03]")
 _HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -212,9 +213,8 @@ class RspConnection:
                 return NEED_DATA
             first = buf[0]
             if first not in _STARTS:
-                run = 1
-                while run < len(buf) and buf[run] not in _STARTS:
-                    run += 1
+                start = _START.search(buf)
+                run = start.start() if start is not None else len(buf)
                 del buf[:run]
                 self._junk += run
                 if not buf:
