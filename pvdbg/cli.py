@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speak RSP on stdin/stdout (gdb: target remote | pvdbg gdbserver --stdio)")
     gs.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
                     help="address to bind (default 127.0.0.1; anything else is reachable by others)")
+    g = sub.add_parser("gdb", help="start gdb connected to the guest, pvdbg's gdb commands loaded")
+    _add_guest_options(g)
+    g.add_argument("--gdb-binary", default="gdb", help="gdb to run (default: gdb)")
+    g.add_argument("--batch-command", action="append", default=[], metavar="CMD",
+                   help="run gdb in batch mode with these commands (repeatable)")
+    sub.add_parser("gdb-init", help="print the gdb command that loads pvdbg's gdb scripts")
     return parser
 
 
@@ -151,7 +157,49 @@ def cmd_gdbserver(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "gdbserver": cmd_gdbserver}
+def _gdbscript_path() -> str:
+    return str(Path(__file__).resolve().parent / "gdbscript.py")
+
+
+def _guest_option_words(args) -> list[str]:
+    words = ["--memory", str(args.memory), "--clock", args.clock, "--p2m-seed", hex(args.p2m_seed)]
+    if args.cmdline:
+        words += ["--cmdline", args.cmdline]
+    if args.identity_p2m:
+        words.append("--identity-p2m")
+    return words
+
+
+def cmd_gdb(args) -> int:
+    import os
+    import shlex
+    import shutil
+    from .session import bundled_guest_path
+    guest = args.guest or str(bundled_guest_path())
+    if not Path(guest).exists():
+        raise _Fatal(f"{guest}: no such file", EXIT_BAD_INPUT)
+    gdb = shutil.which(args.gdb_binary)
+    if gdb is None:
+        raise _Fatal(f"{args.gdb_binary}: not found (install gdb)", EXIT_BAD_INPUT)
+    server = " ".join(shlex.quote(w) for w in [sys.executable, "-m", "pvdbg.cli", "gdbserver",
+                                                "--stdio", guest, *_guest_option_words(args)])
+    argv = [gdb, "-q", "-ex", f"source {_gdbscript_path()}", "-ex", f"target remote | {server}"]
+    if args.batch_command:
+        argv.insert(1, "--batch")
+        for c in args.batch_command:
+            argv += ["-ex", c]
+    argv.append(guest)
+    sys.stdout.flush()
+    os.execv(gdb, argv)
+    return EXIT_INTERNAL
+
+
+def cmd_gdb_init(args) -> int:
+    print(f"source {_gdbscript_path()}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "gdbserver": cmd_gdbserver, "gdb": cmd_gdb, "gdb-init": cmd_gdb_init}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -155,3 +155,20 @@ def _stop_reason(session, args: list[str]) -> str:
     if stop is None:
         return "the guest has not run yet\n"
     return text.stop_line(stop) + "\n"
+
+
+@command("abi", "abi [NAME]", "the layout of an ABI structure as JSON (for gdbscripts)")
+def _abi(session, args: list[str]) -> str:
+    import json
+    from .xen import abi
+    names = sorted(n for n, obj in vars(abi).items()
+                   if isinstance(obj, type) and hasattr(obj, "_layout"))
+    if not args:
+        return json.dumps(names) + "\n"
+    cls = getattr(abi, args[0], None)
+    if args[0] not in names or cls is None:
+        raise MonitorError(f"no ABI structure {args[0]!r}; known: {', '.join(names)}")
+    fields = [{"name": name, "offset": off, "format": st.format.lstrip("<")}
+              for name, off, st in cls._layout]
+    return json.dumps({"name": args[0], "size": cls.SIZE, "source": cls.SOURCE,
+                       "fields": fields}) + "\n"
