@@ -22,6 +22,7 @@ from elftools.common.exceptions import DWARFError, ELFError
 from elftools.elf.elffile import ELFFile
 
 from pvdbg.symbols import SymbolTable
+from pvdbg.xen.bzimage import unwrap_kernel
 from pvdbg.xen.elfnotes import (
     PT_LOAD,
     BadElfTable,
@@ -172,7 +173,7 @@ def peek_elf_class(source: Source, *, name: str | None = None) -> int:
     Raises BadGuestImage when the file can't be read or is no little-endian ELF.
     """
     data, label = _read_source(source, name)
-    return _identify(data, label)
+    return _identify(unwrap_kernel(data, name=label), label)
 
 
 def load_guest_image(source: Source, *, allow_64bit: bool = False,
@@ -185,6 +186,7 @@ def load_guest_image(source: Source, *, allow_64bit: bool = False,
     Raises BadGuestImage for anything wrong with the input.
     """
     data, label = _read_source(source, name)
+    data = unwrap_kernel(data, name=label)
     elfclass = _identify(data, label)
     try:
         return _load(data, label, elfclass, allow_64bit)
