@@ -6,6 +6,8 @@ when nothing is set.  Catchpoints listen to the hypervisor's trace records.
 
 Unicorn facts this relies on (tests/test_debug.py):
 * `emu_stop` in a bounded code hook stops before that instruction executes;
+* a code hook only reaches blocks translated after it was added, so adding a breakpoint
+  drops the translated code at its address;
 * with the CPU's own MMU (UC_TLB_CPU) memory hooks see machine addresses, so a
   watchpoint is placed on the machine bytes its guest VAs map to when it is set (it
   follows the frame, not the VA, if the guest later remaps the page);
@@ -90,6 +92,9 @@ class DebugState:
             return
         self.breakpoints[guest_va] = self.uc.hook_add(UC_HOOK_CODE, self._on_code,
                                                       begin=guest_va, end=guest_va)
+        # Unicorn decides at translation time whether a block calls code hooks: drop
+        # any block already translated over this address so the new hook is seen.
+        self.cpu.invalidate_code(guest_va, guest_va + 1)
 
     def remove_breakpoint(self, guest_va: int) -> bool:
         handle = self.breakpoints.pop(guest_va, None)
@@ -129,6 +134,9 @@ class DebugState:
                 wp.hooks.append(self.uc.hook_add(UC_HOOK_MEM_READ, self._on_read, wp,
                                                  begin=maddr, end=end))
         self.watchpoints[key] = wp
+        # Translated code and cached TLB entries predate the hook: start afresh.
+        self.uc.ctl_flush_tb()
+        self.cpu.flush_tlb()
 
     def remove_watchpoint(self, kind: WatchKind, guest_va: int, length: int) -> bool:
         wp = self.watchpoints.pop((kind, guest_va, length), None)

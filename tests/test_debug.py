@@ -76,3 +76,27 @@ def test_catch_shutdown_stops_before_the_end(seed):
 def test_bad_catch_specs(seed, spec):
     with pytest.raises(CatchSpecError):
         seed.add_catchpoint(spec)
+
+
+def test_breakpoint_added_after_its_code_ran(seed):
+    """Unicorn bakes code hooks into translated blocks: a late breakpoint must still hit."""
+    va = seed.symbol("printk")
+    seed.add_breakpoint(va)
+    assert seed.run().reason is StopReason.breakpoint       # printk's block is translated now
+    seed.remove_breakpoint(va)
+    inner = va + 1                                         # inside the translated block
+    seed.add_breakpoint(inner)
+    stop = seed.run()
+    assert stop.reason is StopReason.breakpoint and stop.eip == inner
+
+
+def test_watchpoint_added_after_the_code_ran(seed):
+    va = seed.symbol("printk")
+    seed.add_breakpoint(va)
+    seed.run()
+    seed.remove_breakpoint(va)
+    # printk's caller-saved stack slots are written on every call: watch the first one
+    esp = seed.cpu.read("esp")
+    seed.add_watchpoint("write", esp - 4, 4)
+    stop = seed.run()
+    assert stop.reason is StopReason.watchpoint and stop.address == esp - 4
