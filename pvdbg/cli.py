@@ -7,10 +7,13 @@
   4  the guest blocked forever (every vcpu asleep, nothing can wake it)
   5  the guest shut down for another reason (reboot, suspend, watchdog)
   70 an internal error in pvdbg (please report it, with the trace)
+  128+N  `run` stopped by signal N (SIGTERM 143, SIGINT 130) after writing its summary
+     and closing its trace file
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -48,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-insns", type=int, metavar="N", help="stop after N instructions")
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after SECONDS")
     run.add_argument("--quiet", action="store_true", help="no summary at the end")
+    run.add_argument("--trace-buffer", type=int, metavar="N",
+                     help="trace records kept in memory (default 1000000, the oldest are "
+                          "dropped); with --trace every record still reaches the file")
+    tr = sub.add_parser("trace", add_help=False, prefix_chars="\0",
+                        help="run a guest and write its JSONL trace; trace diff; trace export",
+                        usage="pvdbg trace [GUEST] -o FILE.jsonl [run options] | "
+                              "trace diff A B | trace export --perfetto A -o OUT")
+    tr.add_argument("argv", nargs=argparse.REMAINDER)   # parsed by pvdbg.trace_cli
     gs = sub.add_parser("gdbserver", help="serve the guest to gdb, halted at its first instruction")
     _add_guest_options(gs)
     where = gs.add_mutually_exclusive_group()
@@ -62,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-command", action="append", default=[], metavar="CMD",
                    help="run gdb in batch mode with these commands (repeatable)")
     sub.add_parser("gdb-init", help="print the gdb command that loads pvdbg's gdb scripts")
+    rp = sub.add_parser("repl", help="interactive debugger (the default): hypercalls, vcpu, "
+                                     "pagetables, descriptor tables, next to gdb with --gdb")
+    _add_guest_options(rp)
+    rp.add_argument("--gdb", type=int, metavar="PORT",
+                    help="also serve gdb on PORT (0: pick a free one), sharing the guest")
+    rp.add_argument("--listen", default="127.0.0.1", metavar="ADDR",
+                    help="address the --gdb stub binds (default 127.0.0.1)")
     return parser
 
 
@@ -71,6 +89,8 @@ def _open_session(args, trace_file: IO[str] | None):
     from .xen.image import BadGuestImage
     options = SessionOptions(memory_mib=args.memory, cmdline=args.cmdline, clock=args.clock,
                              p2m_seed=None if args.identity_p2m else args.p2m_seed)
+    if getattr(args, "trace_buffer", None) is not None:
+        options = dataclasses.replace(options, trace_capacity=args.trace_buffer)
     try:
         return Session.open(args.guest, options, trace_file)
     except (BadGuestImage, BuildError) as exc:
@@ -85,25 +105,43 @@ class _Fatal(Exception):
 
 def cmd_run(args) -> int:
     from .session import SessionError, StopReason
-    from .views.report import render_crash_report, render_hypercall_summary
+    from .trace import JsonlSpill
+    from .views.report import render_crash_report, render_hypercall_summary, render_stop_state
+    if args.guest is not None and not Path(args.guest).exists():
+        raise _Fatal(f"{args.guest}: no such file", EXIT_BAD_INPUT)
+    trace_buffer = getattr(args, "trace_buffer", None)
+    if trace_buffer is not None and trace_buffer < 1:
+        raise _Fatal(f"--trace-buffer must be at least 1 record, not {trace_buffer}",
+                     EXIT_BAD_INPUT)
     trace_file = None
     if args.trace:
         try:
-            trace_file = open(args.trace, "w", encoding="utf-8")
+            trace_file = JsonlSpill(args.trace)   # whole lines only, even if killed
         except OSError as exc:
             raise _Fatal(f"cannot write trace file {args.trace}: {exc.strerror}", EXIT_BAD_INPUT)
-    if args.guest is not None and not Path(args.guest).exists():
-        raise _Fatal(f"{args.guest}: no such file", EXIT_BAD_INPUT)
-    session = _open_session(args, trace_file)
+    try:
+        session = _open_session(args, trace_file)
+    except BaseException:
+        if trace_file is not None:
+            trace_file.close()
+        raise
+    signals: list[int] = []
 
     def on_signal(signum, _frame):
+        # First SIGTERM/SIGINT: stop the guest at the end of its slice, then report and
+        # close the trace as for any stop. A second one: leave now (the trace file is
+        # still closed on the way out, in whole lines).
+        if signals:
+            raise SystemExit(128 + signum)
+        signals.append(signum)
         session.request_stop()
-        session.close()
-        if trace_file is not None:
-            trace_file.flush()
-        raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_signal)
+    previous_handlers = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous_handlers[signum] = signal.signal(signum, on_signal)
+        except ValueError:                          # not the main thread
+            pass
     out = sys.stdout.buffer
     session.hv.console_sinks.append(lambda data: (out.write(data), out.flush()))
     try:
@@ -113,9 +151,13 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         stop = session._stopped(StopReason.interrupt, "interrupted by Ctrl-C")
     finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         session.close()
         if trace_file is not None:
             trace_file.close()
+    if signals and stop.reason is StopReason.interrupt:
+        stop = dataclasses.replace(stop, detail=f"{signal.Signals(signals[0]).name} received")
     err = sys.stderr
     if session.console_text and not session.console_text.endswith("\n"):
         out.write(b"\n")
@@ -123,7 +165,14 @@ def cmd_run(args) -> int:
     if stop.reason is StopReason.crash:
         err.write(render_crash_report(session.crash, session.hv))
     if not args.quiet:
-        err.write(render_hypercall_summary(stop, session.trace))
+        state = ""
+        if stop.reason in (StopReason.limit, StopReason.timeout, StopReason.interrupt,
+                           StopReason.blocked):
+            state = render_stop_state(stop, session.registers(),
+                                      session.image.symbols.format(stop.eip), session.cpu.cpl)
+        err.write(render_hypercall_summary(stop, session.trace, state=state))
+    if signals:
+        return 128 + signals[0]
     if stop.reason is StopReason.shutdown:
         return EXIT_OK if stop.detail == "poweroff" else EXIT_OTHER
     return {StopReason.crash: EXIT_CRASH, StopReason.limit: EXIT_BOUND,
@@ -202,13 +251,33 @@ def cmd_gdb_init(args) -> int:
 COMMANDS = {"run": cmd_run, "gdbserver": cmd_gdbserver, "gdb": cmd_gdb, "gdb-init": cmd_gdb_init}
 
 
+def cmd_trace(args) -> int:
+    from .trace_cli import cmd_trace as run_trace_command
+    return run_trace_command(args, cmd_run)
+
+
+COMMANDS["trace"] = cmd_trace
+
+
+def cmd_repl(args) -> int:
+    from .views.launch import GdbListenError, launch_repl
+    if args.guest is not None and not Path(args.guest).exists():
+        raise _Fatal(f"{args.guest}: no such file", EXIT_BAD_INPUT)
+    session = _open_session(args, None)
+    try:
+        return launch_repl(session, args.gdb, args.listen)
+    except GdbListenError as exc:
+        raise _Fatal(str(exc), EXIT_BAD_INPUT) from None
+
+
+COMMANDS["repl"] = cmd_repl
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["run", *(argv or [])]) if False else args
-        parser.print_help()
-        return EXIT_BAD_INPUT
+        args = parser.parse_args(["repl"])      # `pvdbg`: the REPL on the seed guest
     try:
         return COMMANDS[args.command](args)
     except _Fatal as exc:
@@ -216,6 +285,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as exc:        # a pvdbg bug: one line, the traceback for the report
+        import traceback
+        sys.stderr.write(f"pvdbg: internal error: {type(exc).__name__}: {exc} "
+                         "(please report it with the traceback below)\n")
+        traceback.print_exc(file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from .xen.constants import ShutdownReason
 from .xen.guestmem import GuestFault
 from .xen.hypervisor import Hypervisor
 from .xen.image import GuestImage, load_guest_image
+from . import snapshot as _snapshot
+from .snapshot import Snapshot, SnapshotError
+from .until import (AtAddress, Condition, ConsoleText, HypercallDone, InstructionCount,
+                    Shutdown, UntilError, UntilResult, conditions_from_keywords)
 
 DEFAULT_SLICE = 2_000_000          # instructions per emu_start when nothing is watched
 HOST_SLICE_US = 20_000             # wall-clock slice with clock="host"
@@ -115,6 +119,7 @@ class Session:
 
     def run(self, max_insns: int | None = None, timeout: float | None = None) -> Stopped:
         """Run until the guest stops, dies, or a bound is hit."""
+        self._check_open()
         dead = self._dead_stop()
         if dead is not None:
             return dead
@@ -123,12 +128,20 @@ class Session:
         limit = None if max_insns is None else self.cpu.icount + max_insns
         self.debug.skip_breakpoint_at = self.cpu.read("eip")
         while True:
-            vcpu = self.hv.current
-            if vcpu.blocked:
-                return self._stopped(StopReason.blocked,
-                                     "vcpu0 is blocked with no pending event and no timer to "
-                                     "wake it: the domain would sleep forever")
-            budget = DEFAULT_SLICE
+            if self.hv.current.blocked:      # every vcpu sleeps: skip to a waking timer
+                why = self.hv.scheduler.idle(self._interrupt, deadline)
+                if why is not None:
+                    return self._stopped(StopReason.blocked, why)
+                if self.hv.current.blocked:  # interrupted, or out of time, while idle
+                    if self._interrupt.is_set():
+                        self._interrupt.clear()
+                        return self._stopped(StopReason.interrupt, "stopped by request")
+                    return self._stopped(StopReason.timeout, f"timeout of {timeout} s reached")
+            self.hv.scheduler.boundary()     # timers, vcpu switch, pending upcalls
+            stop = self._take_hit() or self._dead_stop()
+            if stop is not None:
+                return stop
+            budget = self.hv.scheduler.slice_budget(DEFAULT_SLICE)
             if limit is not None:
                 budget = min(budget, limit - self.cpu.icount)
                 if budget <= 0:
@@ -138,7 +151,8 @@ class Session:
                 if self.cpu.counting or limit is not None:
                     self.cpu.run(budget)
                 else:
-                    self.cpu.run(0, timeout_us=HOST_SLICE_US, counted=False)
+                    self.cpu.run(0, timeout_us=self.hv.scheduler.slice_timeout_us(HOST_SLICE_US),
+                                 counted=False)
             except CpuError as exc:
                 self.hv.crash_domain(str(exc))
             self._check_internal_error()
@@ -190,16 +204,22 @@ class Session:
     def step(self, count: int = 1) -> Stopped:
         """Execute exactly `count` guest instructions.  A hypercall completes within its
         `int $0x82`; stepping into a fault lands on the guest's handler."""
+        self._check_open()
         dead = self._dead_stop()
         if dead is not None:
             return dead
         for _ in range(count):
             if self.hv.current.blocked:
-                return self._stopped(StopReason.blocked, "vcpu is blocked")
+                why = self.hv.scheduler.idle(self._interrupt, None)
+                if why is not None or self.hv.current.blocked:
+                    return self._stopped(StopReason.blocked, why or "vcpu is blocked")
+                self.hv.scheduler.boundary()
             self.debug.skip_breakpoint_at = self.cpu.read("eip")
             self._step_one_raw()
             self.debug.skip_breakpoint_at = None
             self._check_internal_error()
+            if not self.hv.current.blocked:
+                self.hv.scheduler.boundary()  # Xen returns to the guest: timers, upcalls
             hit = self._take_hit()
             if hit is not None and hit.reason is not StopReason.breakpoint:
                 return hit
@@ -311,9 +331,53 @@ class Session:
     def symbol(self, name: str) -> int | None:
         return self.image.symbols.address(name)
 
+    # -- scripted runs, snapshots ----------------------------------------------------
+    def run_until(self, *conditions: Condition, hypercall: str | None = None,
+                  symbol: str | None = None, address: int | None = None,
+                  icount: int | None = None, console=None, shutdown: bool | str = False,
+                  max_insns: int | None = None, timeout: float | None = None) -> UntilResult:
+        """Run until the first of the conditions holds (see pvdbg.until): `hypercall`
+        name (stops right after it completes), `symbol` ("name" or "name+0x10") or
+        `address` (stops before that instruction), absolute `icount`, `console` text or
+        compiled regex in new console output, `shutdown` (True or a reason such as
+        "poweroff").  `max_insns`/`timeout` bound the run.  Raises UntilError."""
+        from .until import run_until
+        self._check_open()
+        conds = conditions_from_keywords(self, conditions, hypercall=hypercall, symbol=symbol,
+                                         address=address, icount=icount, console=console,
+                                         shutdown=shutdown)
+        return run_until(self, conds, max_insns, timeout)
+
+    def snapshot(self) -> Snapshot:
+        """Save machine memory, the CPU context and all hypervisor state (pvdbg.snapshot)."""
+        self._check_open()
+        return _snapshot.capture(self.hv, {"last_stop": self.last_stop})
+
+    def restore(self, snap: Snapshot) -> None:
+        """Go back to `snap` (taken on this session); breakpoints, watchpoints and
+        catchpoints stay as they are now."""
+        self._check_open()
+        _snapshot.restore(self.hv, snap)
+        self.last_stop = snap.extra.get("last_stop")
+        self.debug.hit = None
+        self.debug.skip_breakpoint_at = None
+
+    closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionError("the session is closed")
+
     def close(self) -> None:
+        """End the session: flush the trace, drop breakpoints and console sinks.  The
+        trace, console and machine state stay readable; running raises SessionError."""
         self.trace.flush()
+        if not self.closed:
+            self.closed = True
+            self.debug.clear_all()
+            self.hv.console_sinks.clear()
 
 
 __all__ = ["Session", "SessionOptions", "Stopped", "StopReason", "SessionError", "GuestFault",
-           "bundled_guest_path"]
+           "bundled_guest_path", "Snapshot", "SnapshotError", "UntilResult", "UntilError",
+           "HypercallDone", "AtAddress", "InstructionCount", "ConsoleText", "Shutdown"]

@@ -7,6 +7,7 @@ JSONL file as it is made, so a long run neither exhausts memory nor loses data.
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -103,6 +104,61 @@ class TraceLog:
 
     def clear(self) -> None:
         self._records.clear()
+
+
+class JsonlSpill:
+    """A trace file that only ever holds whole lines: what `TraceLog` spills to.
+
+    Lines are collected in memory and written with one `os.write` per batch of at most
+    `buffer_bytes`, so even a process killed outright (SIGKILL) leaves a file that ends
+    on a line boundary; it then lacks at most the last batch. `flush` (at every stop)
+    and `close` write everything. Each `write` must be whole lines, as TraceLog's are.
+    """
+
+    def __init__(self, path: str | os.PathLike, buffer_bytes: int = 1 << 16) -> None:
+        self.name = os.fspath(path)
+        self._fd: int | None = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.buffer_bytes = buffer_bytes
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+
+    def write(self, lines: str) -> int:
+        data = lines.encode("utf-8")
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= self.buffer_bytes:
+            self.flush()
+        return len(lines)
+
+    def flush(self) -> None:
+        """Write every collected line. The batch leaves the buffer before it is written,
+        so an exception raised mid-way (a signal) can lose lines but never repeat them."""
+        if self._fd is None or not self._pending:
+            return
+        batch = b"".join(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        view = memoryview(batch)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.flush()
+        finally:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> "JsonlSpill":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def write_jsonl(records: Iterable[TraceRecord], stream: IO[str]) -> None:

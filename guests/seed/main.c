@@ -33,6 +33,9 @@ void start_kernel(void)
 	boot_command_line[len] = '\0';
 	printk("seed: command line \"%s\"\n", boot_command_line);
 
+	xen_memory_phase();
+	xen_kernel_phase();
+
 	run_bench(boot_command_line);
 
 	printk("seed: powering off\n");

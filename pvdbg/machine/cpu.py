@@ -202,6 +202,9 @@ class X86Cpu:
         self.in_run = False
         self.stop_requested = False
         self._hc_batch = _RawBatch(self.uc, _HC_NAMES)
+        self._frame_batch = _RawBatch(self.uc, FRAME_REGS)
+        self._read_batches: dict[tuple[str, ...], _RawBatch] = {}
+        self._write_batches: dict[tuple[str, ...], _RawBatch] = {}
         from unicorn.unicorn_py3.unicorn import uclib
         self._reg_write = uclib.uc_reg_write
         self._handle_obj = self.uc._uch
@@ -304,20 +307,31 @@ class X86Cpu:
 
     # -- registers ---------------------------------------------------------------
     def read(self, name: str) -> int:
-        return self.uc.reg_read(REGISTERS[name])
+        batch = self._read_batches.get((name,))
+        if batch is None:
+            batch = self._read_batches[(name,)] = _RawBatch(self.uc, (name,))
+        return batch.read()[0]
 
     def write(self, name: str, value: int) -> None:
         self.uc.reg_write(REGISTERS[name], value)
 
     def read_many(self, names: tuple[str, ...] | list[str]) -> dict[str, int]:
-        values = self.uc.reg_read_batch([REGISTERS[n] for n in names])
-        return dict(zip(names, values))
+        key = tuple(names)
+        batch = self._read_batches.get(key)
+        if batch is None:
+            batch = self._read_batches[key] = _RawBatch(self.uc, key)
+        return dict(zip(key, batch.read()))
 
     def write_many(self, values: dict[str, int]) -> None:
-        self.uc.reg_write_batch([(REGISTERS[n], v) for n, v in values.items()])
+        """One raw uc_reg_write_batch (32-bit registers, segments, CRs, DRs)."""
+        key = tuple(values)
+        batch = self._write_batches.get(key)
+        if batch is None:
+            batch = self._write_batches[key] = _RawBatch(self.uc, key)
+        batch.write(values.values())
 
     def frame_registers(self) -> dict[str, int]:
-        return dict(zip(FRAME_REGS, self.uc.reg_read_batch(_FRAME_IDS)))
+        return dict(zip(FRAME_REGS, self._frame_batch.read()))
 
     def hypercall_registers(self) -> list[int]:
         """[eax, ebx, ecx, edx, esi, edi, ebp, eip, esp] in one raw batch."""
@@ -330,7 +344,7 @@ class X86Cpu:
 
     @property
     def cpl(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+        return self.read("cs") & 3
 
     def set_gdtr(self, base: int, limit: int) -> None:
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, base, limit, 0))
@@ -381,6 +395,7 @@ class _RawBatch:
     def __init__(self, uc: Uc, names: tuple[str, ...]) -> None:
         from unicorn.unicorn_py3.unicorn import uclib
         self._fn = uclib.uc_reg_read_batch
+        self._write = uclib.uc_reg_write_batch
         self._handle = uc._uch
         n = len(names)
         self._ids = (ctypes.c_int * n)(*(REGISTERS[x] for x in names))
@@ -393,4 +408,12 @@ class _RawBatch:
         if self._fn(self._handle, self._ids, self._ptrs, self._n) != 0:
             raise CpuError("uc_reg_read_batch failed")
         return [v & 0xFFFFFFFF for v in self._vals]
+
+    def write(self, values) -> None:
+        """uc_reg_write_batch of `values`, in the order of the batch's registers."""
+        vals = self._vals
+        for i, v in enumerate(values):
+            vals[i] = v & 0xFFFFFFFFFFFFFFFF
+        if self._write(self._handle, self._ids, self._ptrs, self._n) != 0:
+            raise CpuError("uc_reg_write_batch failed")
 

@@ -430,7 +430,8 @@ def write_memory_hex(stub: Stub, args: bytes) -> bytes:
     data = decode_hex(text)
     if len(data) != length:
         raise RspProtocolError(f"M packet says {length} bytes but carries {len(data)}")
-    stub.target.write_memory(stub.general_vcpu, guest_va, data)
+    if length:
+        stub.target.write_memory(stub.general_vcpu, guest_va, data)
     return b"OK"
 
 

@@ -5,6 +5,8 @@ table the REPL uses (pvdbg/monitor.py).
 """
 from __future__ import annotations
 
+import shlex
+
 from unicorn.x86_const import (UC_X86_REG_FCS, UC_X86_REG_FDP, UC_X86_REG_FDS, UC_X86_REG_FIP,
                                UC_X86_REG_FOP, UC_X86_REG_FP0, UC_X86_REG_FPCW, UC_X86_REG_FPSW,
                                UC_X86_REG_FPTAG, UC_X86_REG_MXCSR, UC_X86_REG_XMM0)
@@ -13,7 +15,7 @@ from ..monitor import MonitorError, run_monitor
 from ..session import Session, StopReason as EngineStop
 from ..xen.guestmem import GuestFault
 from .target import (BreakpointKind, MemoryAccessError, RegisterUnavailable, ResumeActions,
-                     ResumeKind, StopEvent, StopReason, UnsupportedBreakpoint)
+                     ResumeKind, StopEvent, StopReason, TargetError, UnsupportedBreakpoint)
 
 _FPU = {"fctrl": UC_X86_REG_FPCW, "fstat": UC_X86_REG_FPSW, "ftag": UC_X86_REG_FPTAG,
         "fiseg": UC_X86_REG_FCS, "fioff": UC_X86_REG_FIP, "foseg": UC_X86_REG_FDS,
@@ -23,6 +25,12 @@ _CORE = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags"
 _WATCH = {BreakpointKind.WRITE: "write", BreakpointKind.READ: "read",
           BreakpointKind.ACCESS: "access"}
 MAX_WATCH_LENGTH = 1 << 16
+HOST_FILE_COMMANDS = frozenset({("trace", "save")})
+"""Monitor command words refused over the protocol: they read or write host files."""
+EFLAGS_FROM_DEBUGGER = 0x244DD5
+"""EFLAGS bits a debugger write may change: CF PF AF ZF SF TF DF OF NT AC ID, what a
+ring-1 `popf` changes. IF stays 1, IOPL 0 and VM/RF/VIF/VIP 0, as Xen keeps them for
+a PV vcpu (ABI: XEN-PV-ABI.md "EFLAGS = 0x200", iret: "IOPL cleared and IF forced")."""
 
 
 class SessionTarget:
@@ -68,6 +76,8 @@ class SessionTarget:
 
     def write_register(self, vcpu: int, name: str, value: int) -> None:
         cpu = self.session.cpu
+        if name == "eflags":
+            value = value & EFLAGS_FROM_DEBUGGER | 0x202      # bit 1 reads as 1; IF on
         if name in ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags"):
             cpu.write(name, value)
         elif name in ("cs", "ss", "ds", "es", "fs", "gs", "cr0", "cr2", "cr3", "cr4"):
@@ -132,6 +142,8 @@ class SessionTarget:
         action = actions.action_for(vcpu)
         if action.kind is ResumeKind.STOP:
             return self._stop
+        if getattr(session, "closed", False):
+            raise TargetError("the guest was killed (gdb kill); restart pvdbg gdbserver")
         if session.crash is not None and self._crash_reported:
             self._stop = StopEvent(vcpu, StopReason.SHUTDOWN, exit_code=3,
                                    message="the domain crashed and is gone")
@@ -178,6 +190,15 @@ class SessionTarget:
         return self._stop
 
     def monitor(self, command: str) -> str:
+        """Monitor commands that would touch host files are refused: whoever reaches the
+        stub's port gets no host file access (`trace save` is for the REPL)."""
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            words = []
+        if tuple(words[:2]) in HOST_FILE_COMMANDS:
+            return (f"error: '{' '.join(words[:2])}' writes a host file; the gdb stub offers no "
+                    "host file access (use pvdbg run --trace FILE or the REPL)\n")
         try:
             return run_monitor(self.session, command)
         except MonitorError as exc:

@@ -253,11 +253,17 @@ class RspConnection:
             del buf[:end]
             self._scanned = 1
             raise RspProtocolError(f"packet cut short by '$' after {end - 1} bytes")
+        csum_text = bytes(buf[end + 1:end + 3])
+        torn_at = csum_text.find(b"$")
+        if torn_at >= 0:            # cut inside its checksum: keep the next packet whole
+            del buf[:end + 1 + torn_at]
+            self._scanned = 1
+            raise RspProtocolError(
+                f"packet cut short by '$' in its checksum after {end - 1} bytes")
         if len(buf) < end + 3:
             self._scanned = end
             return NEED_DATA
         body = bytes(buf[1:end])
-        csum_text = bytes(buf[end + 1:end + 3])
         del buf[:end + 3]
         self._scanned = 1
         if not all(byte in _HEX_DIGITS for byte in csum_text) or int(csum_text, 16) != checksum(body):

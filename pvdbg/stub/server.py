@@ -15,6 +15,7 @@ import selectors
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
@@ -28,6 +29,11 @@ READ_CHUNK_BYTES = 0x10000
 RESUME_STOP_TIMEOUT_S = 10.0
 """How long a closing connection waits for a running resume to honour request_stop."""
 REFUSE_TIMEOUT_S = 5.0
+REFUSE_GRACE_S = 0.2
+"""How long a new client waits for the previous one's connection to finish closing."""
+INTERRUPT_RETRY_S = 0.05
+"""While gdb's ^C waits for a running resume, request_stop is repeated this often: a
+request that lands just before the engine starts its run is otherwise lost."""
 BUSY_MESSAGE = "pvdbg: another gdb is already attached to this stub"
 
 
@@ -71,6 +77,7 @@ class _ClientLoop:
         self._conn = RspConnection(max_packet_size)
         self._stub = Stub(target, max_packet_size=max_packet_size)
         self._resuming = False
+        self._interrupt_pending = False   # ^C seen, the running resume not stopped yet
         self._finished_by_gdb = False     # D or k: the target already knows gdb left
         self.ending = threading.Event()   # set once run() stopped serving gdb
 
@@ -84,13 +91,13 @@ class _ClientLoop:
         reader.start()
         try:
             while True:
-                item = self._queue.get()
+                item = self._next_item()
                 if isinstance(item, _Closed):
                     if not self._finished_by_gdb:
                         _log(self._log, f"{self._peer}: {item.reason}")
                     break
                 if isinstance(item, _Stopped):
-                    self._resuming = False
+                    self._resuming = self._interrupt_pending = False
                     self._send(self._stop_replies(item))
                     continue
                 self._conn.receive_data(item.data)
@@ -100,6 +107,16 @@ class _ClientLoop:
             _log(self._log, f"{self._peer}: connection lost: {error}")
         finally:
             self._finish()
+
+    def _next_item(self) -> _Item:
+        """The next queue item; while a ^C is pending, repeat request_stop meanwhile."""
+        while True:
+            if not (self._resuming and self._interrupt_pending):
+                return self._queue.get()
+            try:
+                return self._queue.get(timeout=INTERRUPT_RETRY_S)
+            except queue.Empty:
+                self._target.request_stop()
 
     def _reader(self) -> None:
         try:
@@ -126,6 +143,7 @@ class _ClientLoop:
                 return False
             if isinstance(event, Interrupt):
                 if self._resuming:
+                    self._interrupt_pending = True
                     self._target.request_stop()
             elif isinstance(event, DroppedPacket):
                 _log(self._log, f"{self._peer}: dropped packet: {event.reason}")
@@ -176,13 +194,16 @@ class _ClientLoop:
     def _finish(self) -> None:
         self.ending.set()
         if self._resuming:
-            self._target.request_stop()
-            try:
-                while self._resuming:
-                    item = self._queue.get(timeout=RESUME_STOP_TIMEOUT_S)
-                    if isinstance(item, _Stopped):
-                        self._resuming = False
-            except queue.Empty:
+            deadline = time.monotonic() + RESUME_STOP_TIMEOUT_S
+            while self._resuming and time.monotonic() < deadline:
+                self._target.request_stop()
+                try:
+                    item = self._queue.get(timeout=INTERRUPT_RETRY_S)
+                except queue.Empty:
+                    continue
+                if isinstance(item, _Stopped):
+                    self._resuming = False
+            if self._resuming:
                 _log(self._log, "target did not stop after request_stop; leaving it running")
         if not self._finished_by_gdb and not self._resuming:
             try:
@@ -294,8 +315,11 @@ class GdbServer:
                 _socket_close(sock)()
                 return
             previous, previous_thread = self._client, self._client_thread
-            if previous is not None and previous_thread is not None and previous.ending.is_set():
-                previous_thread.join(RESUME_STOP_TIMEOUT_S)
+            if previous is not None and previous_thread is not None and previous_thread.is_alive():
+                # A gdb that just detached or dropped may still be winding down: give it
+                # a moment before calling the newcomer a second client.
+                if previous.ending.wait(REFUSE_GRACE_S):
+                    previous_thread.join(RESUME_STOP_TIMEOUT_S)
             busy = previous_thread is not None and previous_thread.is_alive()
             if not busy:
                 client = _ClientLoop(self._target, lambda: sock.recv(READ_CHUNK_BYTES),

@@ -26,11 +26,25 @@ def render_crash_report(crash, hv) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_hypercall_summary(stop, trace: TraceLog) -> str:
+def render_stop_state(stop, registers: dict[str, int], where: str, ring: int) -> str:
+    """Where a guest that did not shut down was stopped: vcpu, EIP as symbol+offset,
+    ring, and its general registers (for --max-insns, --timeout, signals, blocked)."""
+    r = registers
+    return (f"pvdbg: vcpu{stop.vcpu} stopped at eip {stop.eip:#010x} {where} (ring {ring})\n"
+            f"pvdbg:   eax {r['eax']:08x} ebx {r['ebx']:08x} ecx {r['ecx']:08x} "
+            f"edx {r['edx']:08x} esi {r['esi']:08x} edi {r['edi']:08x}\n"
+            f"pvdbg:   ebp {r['ebp']:08x} esp {r['esp']:08x} eflags {r['eflags']:08x} "
+            f"cs {r['cs']:04x} ss {r['ss']:04x} cr3 {r['cr3']:08x}\n")
+
+
+def render_hypercall_summary(stop, trace: TraceLog, *, state: str = "") -> str:
+    """The stop line, then `state` (render_stop_state) if given, then per-hypercall counts."""
     counts = Counter({k: v for k, v in trace.counts.items()})
     errors = Counter(r.name for r in trace if r.kind is TraceKind.hypercall and r.error)
     lines = [f"pvdbg: stopped: {stop.reason}" + (f" ({stop.detail})" if stop.detail else "")
              + (f" after {stop.icount} instructions" if stop.icount is not None else "")]
+    if state:
+        lines.append(state.rstrip("\n"))
     if counts:
         lines.append(f"pvdbg: {sum(counts.values())} hypercalls:")
         width = max(len(n) for n in counts)

@@ -38,6 +38,8 @@ class BuildOptions:
     cmdline: str = ""
     p2m_seed: int | None = 0x5EED     # None: identity P2M (pfn == mfn)
     vcpus: int = 1
+    # A toolstack e820 map (address, size, type) for XENMEM_memory_map; () = none (-ENOSYS).
+    memory_map: tuple[tuple[int, int, int], ...] = ()
 
 
 @dataclass
@@ -71,6 +73,7 @@ class BuiltDomain:
     free_mfns: list[int]              # machine frames not given to anyone yet
     xen_mfns: set[int] = field(default_factory=set)
     l3_mfn: int = 0
+    memory_map: tuple[tuple[int, int, int], ...] = ()   # the toolstack's e820, if any
 
 
 def _pages(nbytes: int) -> int:
@@ -233,7 +236,8 @@ def build_domain(image: GuestImage, options: BuildOptions) -> BuiltDomain:
         entry=image.entry, initial_esp=stack_va + PAGE_SIZE)
     return BuiltDomain(memory=memory, p2m=p2m, layout=layout, shared_info_mfn=shared_info_mfn,
                        private_area=area, xen_l2_entries=xen_l2, m2p_mfns=m2p_mfns,
-                       free_mfns=free_mfns, xen_mfns=xen_mfns, l3_mfn=p2m[l3_pfn])
+                       free_mfns=free_mfns, xen_mfns=xen_mfns, l3_mfn=p2m[l3_pfn],
+                       memory_map=tuple(options.memory_map))
 
 
 def hypercall_page_32() -> bytes:

@@ -187,6 +187,81 @@ class Vmasst(IntEnum):
     m2p_strict = 32
 
 
+class VmasstCmd(IntEnum):
+    """VMASST_CMD_*.  ABI: xen/include/public/xen.h."""
+    enable = 0
+    disable = 1
+
+
+class MmuCmd(IntEnum):
+    """mmu_update commands in ptr bits 2:0 (MMU_*).  ABI: xen/include/public/xen.h."""
+    normal_pt_update = 0
+    machphys_update = 1
+    pt_update_preserve_ad = 2
+    pt_update_no_translate = 3
+
+
+class MmuextCmd(IntEnum):
+    """MMUEXT_* commands.  ABI: xen/include/public/xen.h."""
+    pin_l1_table = 0
+    pin_l2_table = 1
+    pin_l3_table = 2
+    pin_l4_table = 3
+    unpin_table = 4
+    new_baseptr = 5
+    tlb_flush_local = 6
+    invlpg_local = 7
+    tlb_flush_multi = 8
+    invlpg_multi = 9
+    tlb_flush_all = 10
+    invlpg_all = 11
+    flush_cache = 12
+    set_ldt = 13
+    new_user_baseptr = 15
+    clear_page = 16
+    copy_page = 17
+    flush_cache_global = 18
+    mark_super = 19
+    unmark_super = 20
+
+
+class Uvmf(IntEnum):
+    """update_va_mapping flags: bits 1:0 the flush, the rest UVMF_ALL or a vcpu-mask
+    pointer (UVMF_LOCAL is 0).  ABI: xen/include/public/xen.h."""
+    none = 0
+    tlb_flush = 1
+    invlpg = 2
+    flushtype_mask = 3
+    all = 4
+
+
+UVMF_LOCAL = 0
+
+
+class XenMem(IntEnum):
+    """XENMEM_* memory_op commands.  ABI: xen/include/public/memory.h."""
+    increase_reservation = 0
+    decrease_reservation = 1
+    maximum_ram_page = 2
+    current_reservation = 3
+    maximum_reservation = 4
+    machphys_mfn_list = 5
+    populate_physmap = 6
+    add_to_physmap = 7
+    memory_map = 9
+    machine_memory_map = 10
+    exchange = 11
+    machphys_mapping = 12
+    set_memory_map = 13
+    maximum_gpfn = 14
+    add_to_physmap_batch = 23
+    claim_pages = 24
+    machphys_compat_mfn_list = 25
+    get_vnumainfo = 26
+    reserved_device_memory_map = 27
+    acquire_resource = 28
+
+
 class StartInfoFlags(IntFlag):
     """SIF_* flags.  ABI: xen/include/public/xen.h."""
     PRIVILEGED = 1

@@ -24,6 +24,8 @@ from .entry import (GDT_LIMIT, LANDING_VECTOR, RING0_CS, RING0_DS, TRAMP_IRET, T
 from .guestmem import GuestFault, GuestMemory
 from .hypercalls import HYPERCALLS, HypercallError
 from . import console, sched, version  # noqa: F401  (register their hypercalls)
+from . import descriptors, mmu, ptwr  # noqa: F401  (memory management, descriptor tables)
+from .pv import attach_pv  # traps, events, time, multicall, emulation (registers hypercalls)
 
 HYPERCALL_VECTOR = 0x82
 TRAP_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
@@ -111,7 +113,12 @@ class Hypervisor:
         self.listeners: list[Any] = []      # objects with on_trace(record) (catchpoints)
         self.console_sinks: list[Any] = []  # callables(bytes) fed with guest console output
         self.console_input = bytearray()
+        self.vcpu_info_moved: dict[int, int] = {}   # VCPUOP_register_vcpu_info: vcpu -> maddr
+        self.mm = mmu.create_memory_manager(self)          # frame table (mm.py)
+        self.descriptors = descriptors.DescriptorTables(self)
+        self.mm.boot(built.l3_mfn)                         # libxc pins the L3; it is vcpu0's CR3
         self._boot_vcpu0()
+        attach_pv(self)
 
     # -- state helpers -----------------------------------------------------------
     def _current_cr3(self) -> int:
@@ -121,10 +128,23 @@ class Hypervisor:
     def cr3(self) -> int:
         return self._cr3
 
+    def set_cr3(self, maddr: int) -> None:
+        """Load a new pagetable base on the current vcpu (Xen already took its references)."""
+        self._cr3 = maddr
+        self.cpu.write("cr3", maddr)
+        self.cpu.flush_tlb()
+
+    def fixup_page_fault(self, cr2: int, error_code: int) -> bool:
+        """Xen's fixup_page_fault (ptwr.py): True if the #PF was handled inside Xen."""
+        return ptwr.fixup_page_fault(self, self.current, cr2, error_code)
+
     def shared_info_maddr(self) -> int:
         return self.built.shared_info_mfn << PAGE_SHIFT
 
     def vcpu_info_maddr(self, vcpu_id: int) -> int:
+        moved = self.vcpu_info_moved.get(vcpu_id)
+        if moved is not None:
+            return moved
         return self.shared_info_maddr() + vcpu_id * VcpuInfo32.SIZE
 
     def vcpu_info(self, vcpu_id: int) -> VcpuInfo32:
@@ -177,7 +197,13 @@ class Hypervisor:
             self.internal_error = exc
 
     def on_invalid_opcode(self) -> bool:
-        self.guest_exception(6)
+        """#UD through Unicorn's invalid-instruction hook: forced-emulation CPUID, or the
+        guest's #UD handler (traps.py)."""
+        try:
+            self.guest_exception(6)
+        except Exception as exc:       # a pvdbg bug must not kill the process mid-hook
+            self.crash_domain(f"internal hypervisor error: {type(exc).__name__}: {exc}")
+            self.internal_error = exc
         return True
 
     internal_error: Exception | None = None
@@ -188,32 +214,12 @@ class Hypervisor:
         cpu = self.cpu
         eax, ebx, ecx, edx, esi, edi, ebp, eip, esp = cpu.hypercall_registers()
         caller = eip - 2
-        number = eax
-        spec = HYPERCALLS.get(number)
         vcpu = self.current
         ctx = HypercallContext(self, vcpu)
-        raw = (ebx, ecx, edx, esi, edi, ebp)
         record_seq = self.trace.next_seq()
         self.current_hypercall_seq = record_seq
         icount = cpu.icount
-        if spec is None:
-            result = -Errno.ENOSYS
-            name = HYPERCALLS.name_of(number)
-            args: dict[str, Any] = {"arg1": ebx, "arg2": ecx, "arg3": edx, "arg4": esi, "arg5": edi}
-            ctx.note("not implemented by Xen for 32-bit PV guests" if number > 63
-                     else "no such hypercall for this guest")
-        else:
-            name = spec.name
-            args = spec.decode_args(raw)
-            try:
-                result = spec.fn(ctx, *raw[:len(spec.params)])
-            except HypercallError as err:
-                result = -err.errno
-                if err.why:
-                    ctx.note(err.why)
-            except GuestFault as fault:
-                result = -Errno.EFAULT
-                ctx.note(f"bad guest buffer: {fault}")
+        name, args, result = self.dispatch_hypercall(ctx, eax, (ebx, ecx, edx, esi, edi, ebp))
         self.current_hypercall_seq = None
         if result is not None:
             cpu.write_eax(result)
@@ -222,6 +228,30 @@ class Hypervisor:
             eip=caller, name=name, args=args, result=result, error=errno_name(result or 0),
             symbol=self._caller_symbol(caller, esp), detail="; ".join(ctx.details))
         self.emit(record)
+        self.traps.hypercall_return()
+
+    def dispatch_hypercall(self, ctx: HypercallContext, number: int,
+                           raw: tuple[int, ...]) -> tuple[str, dict[str, Any], int | None]:
+        """Run hypercall `number` with register arguments `raw` (also each multicall
+        entry); returns (name, decoded arguments, result or None)."""
+        spec = HYPERCALLS.get(number)
+        if spec is None:
+            ctx.note("not implemented by Xen for 32-bit PV guests" if number > 63
+                     else "no such hypercall for this guest")
+            return (HYPERCALLS.name_of(number),
+                    {"arg1": raw[0], "arg2": raw[1], "arg3": raw[2], "arg4": raw[3],
+                     "arg5": raw[4]}, -Errno.ENOSYS)
+        args = spec.decode_args(raw)
+        try:
+            result = spec.fn(ctx, *raw[:len(spec.params)])
+        except HypercallError as err:
+            result = -err.errno
+            if err.why:
+                ctx.note(err.why)
+        except GuestFault as fault:
+            result = -Errno.EFAULT
+            ctx.note(f"bad guest buffer: {fault}")
+        return spec.name, args, result
 
     def _caller_symbol(self, caller: int, esp: int) -> str | None:
         """The hypercall stub's caller: the return address on the stack when via the page."""
@@ -241,20 +271,9 @@ class Hypervisor:
 
     # -- exceptions --------------------------------------------------------------
     def guest_exception(self, vector: int) -> None:
-        """A guest fault or software interrupt with no virtual trap table: the domain dies."""
-        regs = self.cpu.frame_registers()
-        what = trap_name(vector)
-        ring = regs["cs"] & 3
-        if vector == HYPERCALL_VECTOR and ring == 3:
-            why = f"#GP(0x412): int $0x82 from ring 3 at {regs['eip']:#x}, and no #GP handler"
-        elif vector >= 32 or vector in (3, 4):
-            why = f"int {vector:#x} at {regs['eip'] - 2:#x} (ring {ring}): #GP, and no #GP handler"
-        elif vector == 14:
-            why = (f"{what} at {regs['eip']:#x} (ring {ring}), cr2={self.cpu.read('cr2'):#x}: "
-                   "no trap handler registered")
-        else:
-            why = f"{what} at {regs['eip']:#x} (ring {ring}): no trap handler registered"
-        self.crash_domain(why, vector=vector)
+        """A guest fault or software interrupt: Xen's handling and delivery (traps.py;
+        for #PF, fixup_page_fault first)."""
+        self.traps.exception(vector)
 
     # -- ring transitions (entry.py) --------------------------------------------
     def iret_to_outer_ring(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
@@ -332,13 +351,9 @@ class Hypervisor:
 
     # -- scheduling --------------------------------------------------------------
     def block_vcpu(self, vcpu: Vcpu) -> None:
-        """SCHEDOP_block: enable event delivery, then sleep unless an event is deliverable."""
-        base = self.vcpu_info_maddr(vcpu.vcpu_id)
-        self.memory.write(base + 1, b"\x00")          # evtchn_upcall_mask = 0
-        if self.memory.read(base, 1) != b"\x00":       # evtchn_upcall_pending
-            return
-        vcpu.blocked = True
-        self.cpu.stop()
+        """SCHEDOP_block: enable event delivery, then sleep unless an event is deliverable
+        (woken by an event or a timer; schedule.py)."""
+        self.scheduler.block(vcpu)
 
     def port_pending(self, port: int) -> bool:
         if not 0 <= port < 1024:
@@ -348,12 +363,6 @@ class Hypervisor:
         return bool(word >> (port % 32) & 1)
 
     def poll_vcpu(self, vcpu: Vcpu, ports: list[int], timeout_ns: int) -> int:
-        """SCHEDOP_poll: return at once if a port is pending, else sleep on them."""
-        for port in ports:
-            if not 0 < port < 1024:
-                raise HypercallError(Errno.EINVAL, f"port {port} is not a valid event channel")
-        if any(self.port_pending(p) for p in ports):
-            return 0
-        vcpu.blocked = True
-        self.cpu.stop()
-        return 0
+        """SCHEDOP_poll: 0 at once if an event is deliverable or a port pending, else sleep
+        until a port fires or the absolute `timeout_ns` passes (schedule.py)."""
+        return self.scheduler.poll(vcpu, ports, timeout_ns)

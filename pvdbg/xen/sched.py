@@ -36,6 +36,7 @@ def _shutdown(ctx: "HypercallContext", reason: int) -> int:
 @HYPERCALLS.handler(Hc.sched_op, Param("cmd", SchedOp), Param("arg"))
 def sched_op(ctx: "HypercallContext", cmd: int, arg: int) -> int:
     if cmd == SchedOp.yield_:
+        ctx.hv.scheduler.yield_(ctx.vcpu)
         return 0
     if cmd == SchedOp.block:
         ctx.hv.block_vcpu(ctx.vcpu)

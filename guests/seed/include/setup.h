@@ -46,6 +46,12 @@ void xen_adopt_boot_pagetables(void);
 /* Phase 3 (reserve.c). */
 void xen_reserve_top(void);
 
+/* Memory phase (mm_phase.c), run by start_kernel. */
+void xen_memory_phase(void);
+
+/* Kernel phase (kernel_phase.c): traps, events, timers, tasks, ring 3; after the memory phase. */
+void xen_kernel_phase(void);
+
 /* Phase 4 (main.c). */
 void start_kernel(void);
 

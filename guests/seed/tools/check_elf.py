@@ -50,7 +50,7 @@ REQUIRED_SYMBOLS = (
 )
 SOURCES = (
     "head.S", "bench.S", "enlighten.c", "paravirt.c", "irq.c", "features.c", "mmu.c",
-    "reserve.c", "main.c", "lib.c",
+    "reserve.c", "main.c", "lib.c", "mm_phase.c", "kernel_phase.c", "kernel_entry.S",
 )
 
 PT_LOAD, PT_NOTE, PT_DYNAMIC, PT_INTERP = "PT_LOAD", "PT_NOTE", "PT_DYNAMIC", "PT_INTERP"
