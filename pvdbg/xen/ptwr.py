@@ -118,6 +118,7 @@ def _note_unassisted_write(hv: "Hypervisor", vcpu: "Vcpu", cr2: int, regs: dict[
 
 def _emit(hv: "Hypervisor", vcpu: "Vcpu", eip: int, name: str, args: dict, result: int | None,
           detail: str) -> None:
+    args = {"vector": 14, **args}      # the #PF Xen took (catch trap 14 / #PF sees it)
     hv.emit(TraceRecord(seq=hv.trace.next_seq(), kind=TraceKind.emulation, icount=hv.cpu.icount,
                         vcpu=vcpu.vcpu_id, eip=eip, name=name, args=args, result=result,
                         symbol=hv.symbolize(eip), detail=detail,
