@@ -408,6 +408,27 @@ def test_interrupt_right_after_continue_always_stops(seed_image) -> None:
             client.close()
 
 
+def test_client_that_never_reads_is_pushed_back(seed_image) -> None:
+    """A gdb that floods requests but never reads the replies must not make the stub
+    buffer without end: once our replies back up, we stop reading and TCP pushes back."""
+    from pvdbg.stub.server import GdbServer
+    session = Session(seed_image, SessionOptions(memory_mib=4))
+    with GdbServer(SessionTarget(session), port=0, log=io.StringIO()) as server:
+        server.start()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=1.5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        request = frame(b"mc0000000,8000") * 4096             # 1 MiB of reads, 32 KiB each
+        sent = 0
+        try:
+            with pytest.raises(socket.timeout):
+                while sent < 256 << 20:
+                    sock.sendall(request)
+                    sent += len(request)
+        finally:
+            sock.close()
+        assert sent < 64 << 20
+
+
 # -- 3. a live stub process under socket fuzzing, then the real gdb ----------------------
 
 class StubProcess:

@@ -11,6 +11,7 @@ from unicorn.x86_const import (UC_X86_REG_FCS, UC_X86_REG_FDP, UC_X86_REG_FDS, U
                                UC_X86_REG_FOP, UC_X86_REG_FP0, UC_X86_REG_FPCW, UC_X86_REG_FPSW,
                                UC_X86_REG_FPTAG, UC_X86_REG_MXCSR, UC_X86_REG_XMM0)
 
+from ..machine.cpu import REGISTERS
 from ..monitor import MonitorError, run_monitor
 from ..session import Session, StopReason as EngineStop
 from ..xen.guestmem import GuestFault
@@ -43,6 +44,7 @@ class SessionTarget:
         self._stop = StopEvent(0, StopReason.INTERRUPT, signal=5,
                                message="guest halted at its first instruction")
         self._crash_reported = False
+        self._register_cache: dict[str, int] | None = None
 
     # -- threads -------------------------------------------------------------------
     def vcpu_ids(self):
@@ -57,8 +59,29 @@ class SessionTarget:
                 f"pending={info.evtchn_upcall_pending}{state}")
 
     # -- registers -------------------------------------------------------------------
+    def _registers(self) -> dict[str, int]:
+        """Every core, FPU and SSE register in one batch, cached until the guest moves
+        (a `g` packet reads ~45 registers: one batch instead of 45 calls)."""
+        if self._register_cache is None:
+            cpu = self.session.cpu
+            names = (list(_CORE) + list(_FPU) + [f"st{i}" for i in range(8)]
+                     + [f"xmm{i}" for i in range(8)])
+            ids = ([REGISTERS[n] for n in _CORE] + list(_FPU.values())
+                   + [UC_X86_REG_FP0 + i for i in range(8)] + [UC_X86_REG_XMM0 + i for i in range(8)])
+            cache = {}
+            for name, value in zip(names, cpu.uc.reg_read_batch(ids)):
+                if name.startswith("st"):
+                    mantissa, exponent = value
+                    value = (exponent & 0xFFFF) << 64 | mantissa
+                cache[name] = value
+            self._register_cache = cache
+        return self._register_cache
+
     def read_register(self, vcpu: int, name: str) -> int:
         cpu = self.session.cpu
+        cached = self._registers().get(name)
+        if cached is not None:
+            return cached
         if name in _CORE:
             return cpu.read(name)
         if name in _FPU:
@@ -75,6 +98,7 @@ class SessionTarget:
         raise RegisterUnavailable(f"no register {name}")
 
     def write_register(self, vcpu: int, name: str, value: int) -> None:
+        self._register_cache = None
         cpu = self.session.cpu
         if name == "eflags":
             value = value & EFLAGS_FROM_DEBUGGER | 0x202      # bit 1 reads as 1; IF on
@@ -137,6 +161,7 @@ class SessionTarget:
 
     # -- execution -----------------------------------------------------------------------
     def resume(self, actions: ResumeActions) -> StopEvent:
+        self._register_cache = None
         session = self.session
         vcpu = session.hv.current.vcpu_id
         action = actions.action_for(vcpu)
@@ -190,6 +215,7 @@ class SessionTarget:
         return self._stop
 
     def monitor(self, command: str) -> str:
+        self._register_cache = None
         """Monitor commands that would touch host files are refused: whoever reaches the
         stub's port gets no host file access (`trace save` is for the REPL)."""
         try:

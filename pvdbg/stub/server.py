@@ -26,6 +26,8 @@ from pvdbg.stub.rsp import (MAX_PACKET_SIZE, NEED_DATA, DroppedPacket, Interrupt
 from pvdbg.stub.target import StopEvent, Target
 
 READ_CHUNK_BYTES = 0x10000
+MAX_QUEUED_CHUNKS = 64
+"""Chunks read from gdb but not yet parsed, at most (so at most 4 MiB)."""
 RESUME_STOP_TIMEOUT_S = 10.0
 """How long a closing connection waits for a running resume to honour request_stop."""
 REFUSE_TIMEOUT_S = 5.0
@@ -74,11 +76,16 @@ class _ClientLoop:
         self._log = log
         self._peer = peer
         self._queue: queue.Queue[_Item] = queue.Queue()
+        # A gdb that sends without reading our replies blocks us in sendall; the reader
+        # then stops reading too (TCP pushes back) instead of queueing without end.
+        self._data_slots = threading.Semaphore(MAX_QUEUED_CHUNKS)
         self._conn = RspConnection(max_packet_size)
         self._stub = Stub(target, max_packet_size=max_packet_size)
         self._resuming = False
         self._interrupt_pending = False   # ^C seen, the running resume not stopped yet
         self._finished_by_gdb = False     # D or k: the target already knows gdb left
+        self._requests: queue.Queue[ResumeRequest | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
         self.ending = threading.Event()   # set once run() stopped serving gdb
 
     def stop(self) -> None:
@@ -100,6 +107,7 @@ class _ClientLoop:
                     self._resuming = self._interrupt_pending = False
                     self._send(self._stop_replies(item))
                     continue
+                self._data_slots.release()
                 self._conn.receive_data(item.data)
                 if self._drain():
                     break
@@ -121,6 +129,9 @@ class _ClientLoop:
     def _reader(self) -> None:
         try:
             while True:
+                while not self._data_slots.acquire(timeout=INTERRUPT_RETRY_S * 10):
+                    if self.ending.is_set():
+                        return
                 data = self._read_chunk()
                 if not data:
                     self._queue.put(_Closed("gdb closed the connection"))
@@ -160,8 +171,11 @@ class _ClientLoop:
         outcome = self._stub.handle(payload)
         if isinstance(outcome, ResumeRequest):
             self._resuming = True
-            threading.Thread(target=self._resume, args=(outcome,), name="pvdbg-resume",
-                             daemon=True).start()
+            if self._worker is None:       # one long-lived worker: a thread per resume
+                self._worker = threading.Thread(target=self._resume_worker,  # costs ~160 us
+                                                name="pvdbg-resume", daemon=True)
+                self._worker.start()
+            self._requests.put(outcome)
             return False
         self._send(outcome)
         if outcome.after is AfterReply.START_NO_ACK:
@@ -170,6 +184,13 @@ class _ClientLoop:
             self._finished_by_gdb = True
             return True
         return False
+
+    def _resume_worker(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            self._resume(request)
 
     def _resume(self, request: ResumeRequest) -> None:
         try:
@@ -193,6 +214,7 @@ class _ClientLoop:
 
     def _finish(self) -> None:
         self.ending.set()
+        self._requests.put(None)
         if self._resuming:
             deadline = time.monotonic() + RESUME_STOP_TIMEOUT_S
             while self._resuming and time.monotonic() < deadline:
