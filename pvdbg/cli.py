@@ -1,6 +1,7 @@
 """The `pvdbg` command line.  Exit status:
 
-  0  the guest powered off cleanly
+  0  the guest powered off cleanly; or stdin ended and the guest waits for console input
+     at its prompt; or Ctrl-] detached the terminal from the guest console
   1  the guest crashed (a crash report is printed)
   2  bad input: usage, missing file, not a PV kernel, does not fit in memory
   3  a bound was hit (--max-insns or --timeout)
@@ -40,6 +41,14 @@ def _add_guest_options(p: argparse.ArgumentParser) -> None:
                         "traces; host: full emulation speed, wall-clock time, no counts")
     p.add_argument("--p2m-seed", type=lambda v: int(v, 0), default=0x5EED,
                    help="seed of the shuffled P2M (default 0x5eed)")
+    p.add_argument("--disk", action="append", default=[], metavar="FILE",
+                   help="serve a raw disk image to the guest as a PV disk (xvda, then xvdb, "
+                        "...; repeatable)")
+    p.add_argument("--disk-readonly", action="store_true",
+                   help="attach the --disk images read-only")
+    p.add_argument("--xenstore", action="append", default=[], metavar="PATH=VALUE",
+                   help="write a xenstore key before the guest starts (relative paths are "
+                        "under /local/domain/<domid>; repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,13 +96,27 @@ def _open_session(args, trace_file: IO[str] | None):
     from .session import Session, SessionOptions
     from .xen.builder import BuildError
     from .xen.image import BadGuestImage
+    from .session import SessionError
+    from .xen.devices import DiskSpec
+    disks = tuple(DiskSpec(path, getattr(args, "disk_readonly", False))
+                  for path in getattr(args, "disk", []))
+    for disk in disks:
+        if not Path(disk.path).is_file():
+            raise _Fatal(f"--disk {disk.path}: no such file", EXIT_BAD_INPUT)
+    keys = []
+    for item in getattr(args, "xenstore", []):
+        path, sep, value = item.partition("=")
+        if not sep or not path:
+            raise _Fatal(f"--xenstore {item!r}: expected PATH=VALUE", EXIT_BAD_INPUT)
+        keys.append((path, value))
     options = SessionOptions(memory_mib=args.memory, cmdline=args.cmdline, clock=args.clock,
-                             p2m_seed=None if args.identity_p2m else args.p2m_seed)
+                             p2m_seed=None if args.identity_p2m else args.p2m_seed,
+                             disks=disks, xenstore=tuple(keys))
     if getattr(args, "trace_buffer", None) is not None:
         options = dataclasses.replace(options, trace_capacity=args.trace_buffer)
     try:
         return Session.open(args.guest, options, trace_file)
-    except (BadGuestImage, BuildError) as exc:
+    except (BadGuestImage, BuildError, SessionError) as exc:
         raise _Fatal(str(exc), EXIT_BAD_INPUT) from None
 
 
@@ -144,6 +167,9 @@ def cmd_run(args) -> int:
             pass
     out = sys.stdout.buffer
     session.hv.console_sinks.append(lambda data: (out.write(data), out.flush()))
+    from .terminal import ConsoleTerminal
+    keyboard = ConsoleTerminal(session, on_quit=session.request_stop)
+    keyboard.start()
     try:
         stop = session.run(max_insns=args.max_insns, timeout=args.timeout)
     except SessionError as exc:
@@ -151,6 +177,7 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         stop = session._stopped(StopReason.interrupt, "interrupted by Ctrl-C")
     finally:
+        keyboard.close()
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
         session.close()
@@ -158,10 +185,15 @@ def cmd_run(args) -> int:
             trace_file.close()
     if signals and stop.reason is StopReason.interrupt:
         stop = dataclasses.replace(stop, detail=f"{signal.Signals(signals[0]).name} received")
+    detached = keyboard.quit_requested and stop.reason is StopReason.interrupt
+    if detached:
+        stop = dataclasses.replace(stop, detail="Ctrl-] pressed: detached from the guest console")
     err = sys.stderr
     if session.console_text and not session.console_text.endswith("\n"):
         out.write(b"\n")
         out.flush()
+    if stop.reason is StopReason.idle and not args.quiet:
+        err.write("pvdbg: input ended and the guest is idle, waiting for console input\n")
     if stop.reason is StopReason.crash:
         err.write(render_crash_report(session.crash, session.hv))
     if not args.quiet:
@@ -173,6 +205,8 @@ def cmd_run(args) -> int:
         err.write(render_hypercall_summary(stop, session.trace, state=state))
     if signals:
         return 128 + signals[0]
+    if detached or stop.reason is StopReason.idle:
+        return EXIT_OK
     if stop.reason is StopReason.shutdown:
         return EXIT_OK if stop.detail == "poweroff" else EXIT_OTHER
     return {StopReason.crash: EXIT_CRASH, StopReason.limit: EXIT_BOUND,
@@ -186,6 +220,7 @@ def cmd_gdbserver(args) -> int:
     if args.guest is not None and not Path(args.guest).exists():
         raise _Fatal(f"{args.guest}: no such file", EXIT_BAD_INPUT)
     session = _open_session(args, None)
+    session.console_input.open()         # `monitor console send` may type into the guest
     target = SessionTarget(session)
     if args.stdio:
         serve_stdio(target, sys.stdin.buffer, sys.stdout.buffer, log=sys.stderr)
@@ -216,6 +251,12 @@ def _guest_option_words(args) -> list[str]:
         words += ["--cmdline", args.cmdline]
     if args.identity_p2m:
         words.append("--identity-p2m")
+    for path in getattr(args, "disk", []):
+        words += ["--disk", str(Path(path).resolve())]
+    if getattr(args, "disk_readonly", False):
+        words.append("--disk-readonly")
+    for item in getattr(args, "xenstore", []):
+        words += ["--xenstore", item]
     return words
 
 

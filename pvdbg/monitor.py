@@ -234,7 +234,8 @@ def _console(session, args: list[str]) -> Output:
         if len(args) < 2:
             raise MonitorError("usage: console send TEXT")
         data = (" ".join(args[1:]) + "\n").encode("latin-1", "replace")
-        where = hvviews.console_input(session.hv, data)
+        send = getattr(session, "console_send", None)
+        where = send(data) if send is not None else hvviews.console_input(session.hv, data)
         return f"queued {len(data)} bytes for the guest ({where})\n"
     lines = session.console_text.splitlines(keepends=True)
     if args:
@@ -470,3 +471,6 @@ def _abi(session, args: list[str]) -> Output:
               for name, off, st in cls._layout]
     return json.dumps({"name": args[0], "size": cls.SIZE, "source": cls.SOURCE,
                        "fields": fields}) + "\n"
+
+
+from . import xsmonitor  # noqa: E402,F401  (registers `xenstore`)

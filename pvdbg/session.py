@@ -19,6 +19,8 @@ from .machine.cpu import CpuError
 from .trace import TraceLog
 from .xen.builder import BuildOptions, build_domain
 from .xen.constants import ShutdownReason
+from .xen.devices import DiskSpec, attach_devices
+from .guestinput import ConsoleInput, InputPollWatch
 from .xen.guestmem import GuestFault
 from .xen.hypervisor import Hypervisor
 from .xen.image import GuestImage, load_guest_image
@@ -29,6 +31,8 @@ from .until import (AtAddress, Condition, ConsoleText, HypercallDone, Instructio
 
 DEFAULT_SLICE = 2_000_000          # instructions per emu_start when nothing is watched
 HOST_SLICE_US = 20_000             # wall-clock slice with clock="host"
+INPUT_WAIT_S = 0.25                # longest sleep while the guest waits for console input
+ASYNC_STOP_GRACE_S = 1.0           # clock="host": wait this long for an exact stop
 
 
 class StopReason(StrEnum):
@@ -42,6 +46,7 @@ class StopReason(StrEnum):
     breakpoint = "breakpoint"
     watchpoint = "watchpoint"      # address = data VA, watch_kind = write/read/access
     catch = "catch"                # a catchpoint matched; message says which record
+    idle = "idle"                  # the guest polls its console for input; none will come
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class SessionOptions:
     vcpus: int = 1
     trace_capacity: int = 1_000_000
     clock: str = "icount"      # "icount": exact counts, deterministic; "host": full speed
+    disks: tuple[DiskSpec, ...] = ()   # raw images served as PV disks xvda, xvdb, ...
+    xenstore: tuple[tuple[str, str], ...] = ()   # extra (path, value) keys for the toolstack
 
 
 class Session:
@@ -86,6 +93,13 @@ class Session:
         self.hv = Hypervisor(built, image.symbols, self.trace,
                              hypercall_page_va=image.hypercall_page_va)
         self.cpu = self.hv.cpu
+        try:
+            self.devices = attach_devices(self.hv, disks=options.disks, kernel=image.path,
+                                          cmdline=options.cmdline, xenstore=options.xenstore)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
+        self.console_input = ConsoleInput()
+        self.input_watch = InputPollWatch(self.hv, self.devices, self.console_input)
         self._interrupt = threading.Event()
         self.last_stop: Stopped | None = None
         self.debug = DebugState(self.hv)
@@ -124,6 +138,9 @@ class Session:
         if dead is not None:
             return dead
         self._interrupt.clear()
+        self.input_watch.rearm()
+        self.cpu.stop_at_event = False
+        self._async_stopped = False
         deadline = None if timeout is None else time.monotonic() + timeout
         limit = None if max_insns is None else self.cpu.icount + max_insns
         self.debug.skip_breakpoint_at = self.cpu.read("eip")
@@ -151,22 +168,84 @@ class Session:
                 if self.cpu.counting or limit is not None:
                     self.cpu.run(budget)
                 else:
-                    self.cpu.run(0, timeout_us=self.hv.scheduler.slice_timeout_us(HOST_SLICE_US),
-                                 counted=False)
+                    self._run_uncounted(deadline)
             except CpuError as exc:
                 self.hv.crash_domain(str(exc))
             self._check_internal_error()
+            self._serve_devices()
             hit = self._take_hit()
             if hit is not None:
                 return hit
             dead = self._dead_stop()
             if dead is not None:
                 return dead
+            if self.input_watch.waiting:
+                idle = self._wait_for_input(deadline)
+                if idle is not None:
+                    return idle
             if self._interrupt.is_set():
                 self._interrupt.clear()
-                return self._stopped(StopReason.interrupt, "stopped by request")
+                return self._stopped(StopReason.interrupt, "stopped by request" + (
+                    " (asynchronously: the guest made no hypercall or trap; Unicorn may have "
+                    "replayed the last store, see --clock icount)" if self._async_stopped else ""))
             if deadline is not None and time.monotonic() >= deadline:
                 return self._stopped(StopReason.timeout, f"timeout of {timeout} s reached")
+
+    def _run_uncounted(self, deadline: float | None) -> None:
+        """clock="host": run with no instruction budget; the slice ends at the first
+        hook after the scheduler's next timer (or HOST_SLICE_US), exactly."""
+        slice_s = self.hv.scheduler.slice_timeout_us(HOST_SLICE_US) / 1e6
+        self.cpu.event_deadline = time.monotonic() + slice_s
+        watchdog = None
+        if deadline is not None:
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()) + ASYNC_STOP_GRACE_S,
+                                       self._deadline_fallback)
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            self.cpu.run(0, counted=False)
+        finally:
+            self.cpu.event_deadline = None
+            if watchdog is not None:
+                watchdog.cancel()
+
+    def _deadline_fallback(self) -> None:
+        if self.cpu.in_run:
+            self._async_stopped = True
+            self.cpu.stop_asynchronously()
+
+    def _serve_devices(self) -> None:
+        """Between slices, as dom0's daemons would meanwhile: console input into the
+        ring, both rings served (guests may poll them without a hypercall)."""
+        data = self.console_input.take()
+        if data:
+            self.devices.feed_console(data)
+        self.devices.pump()
+
+    def _wait_for_input(self, deadline: float | None) -> Stopped | None:
+        """The guest busy-waits on its empty console input ring: end the run if no input
+        can come (`console_input` closed), else sleep until input, a stop request or
+        the deadline, at most INPUT_WAIT_S at a time.  The guest's clock moves on by
+        the time slept (icount clock), so its own timeouts still expire."""
+        self.input_watch.rearm()
+        if self.console_input.closed and not self.console_input.pending():
+            return self._stopped(StopReason.idle, "the guest waits for console input and "
+                                                  "no more input will come")
+        wait_s = INPUT_WAIT_S
+        if deadline is not None:
+            wait_s = max(0.0, min(wait_s, deadline - time.monotonic()))
+        started = time.monotonic_ns()
+        self.console_input.arrived.wait(wait_s)
+        if self.cpu.counting:
+            tk = self.hv.time
+            tk.advance_idle(tk.now_ns() + time.monotonic_ns() - started)
+        return None
+
+    def console_send(self, data: bytes) -> str:
+        """Type `data` into the guest's PV console (thread-safe; delivered into the ring
+        between slices, at once if the guest waits for it).  Returns where it went."""
+        self.console_input.feed(data)
+        return f"PV console ring, event channel port {self.devices.console_port.guest_port}"
 
     def _check_internal_error(self) -> None:
         if self.hv.internal_error is not None:
@@ -195,11 +274,15 @@ class Session:
 
     def _step_one_raw(self) -> None:
         """One guest instruction, then through any of Xen's own trampolines."""
-        self.cpu.run(1)
-        guard = 0
-        while self._in_hypervisor_code() and not self.hv.domain.is_dying and guard < 16:
+        self.input_watch.muted = True
+        try:
             self.cpu.run(1)
-            guard += 1
+            guard = 0
+            while self._in_hypervisor_code() and not self.hv.domain.is_dying and guard < 16:
+                self.cpu.run(1)
+                guard += 1
+        finally:
+            self.input_watch.muted = False
 
     def step(self, count: int = 1) -> Stopped:
         """Execute exactly `count` guest instructions.  A hypercall completes within its
@@ -218,6 +301,7 @@ class Session:
             self._step_one_raw()
             self.debug.skip_breakpoint_at = None
             self._check_internal_error()
+            self._serve_devices()
             if not self.hv.current.blocked:
                 self.hv.scheduler.boundary()  # Xen returns to the guest: timers, upcalls
             hit = self._take_hit()
@@ -263,9 +347,25 @@ class Session:
         return self.debug.remove_catchpoint(number)
 
     def request_stop(self) -> None:
-        """Ask a running `run` to stop (thread-safe)."""
+        """Ask a running `run` to stop (thread-safe).
+
+        The stop is exact: at the next hypercall, trap or event (a hook), or at the end of
+        the current instruction-count slice.  Under clock="host" there are no slices; a
+        guest that makes no hypercall or trap for ASYNC_STOP_GRACE_S is stopped
+        asynchronously, which Unicorn may do imprecisely (X86Cpu.stop_asynchronously);
+        the stop's detail says so."""
         self._interrupt.set()
-        self.cpu.stop()
+        self.console_input.arrived.set()     # wakes a run waiting for console input
+        self.cpu.stop_at_event = True
+        if not self.cpu.counting:
+            timer = threading.Timer(ASYNC_STOP_GRACE_S, self._async_stop_fallback)
+            timer.daemon = True
+            timer.start()
+
+    def _async_stop_fallback(self) -> None:
+        if self._interrupt.is_set() and self.cpu.in_run:
+            self._async_stopped = True
+            self.cpu.stop_asynchronously()
 
     # -- inspection ----------------------------------------------------------------
     @property

@@ -24,6 +24,8 @@ class TraceKind(StrEnum):
     console = "console"
     shutdown = "shutdown"
     crash = "crash"
+    xenstore = "xenstore"       # xs_wire traffic on the store ring, and pvdbg's own accesses
+    blkif = "blkif"             # a block request served by a disk backend
 
 
 @dataclass(frozen=True, slots=True)

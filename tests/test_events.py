@@ -45,17 +45,23 @@ def sel(s):
     return s.hv.vcpu_info(0).evtchn_pending_sel
 
 
-def test_start_info_ports_are_unbound_towards_dom0(idle):
+def test_start_info_ports_are_bound_to_dom0_daemons(idle):
+    """xenstored and xenconsoled (pvdbg.xen.devices) bind start_info's ports at once."""
     ev = idle.hv.events
     assert (ev.store_port, ev.console_port) == (1, 2)
-    rc, out = op(idle, EvtchnOp.status, struct.pack("<HHI", 0x7FF0, 0, 1))
-    assert rc == 0
-    status, vcpu, dom = struct.unpack_from("<IIH", out, 8)
-    assert status == EvtchnStatus.unbound and dom == 0
+    for port, backend in ((1, idle.devices.store_port), (2, idle.devices.console_port)):
+        rc, out = op(idle, EvtchnOp.status, struct.pack("<HHI", 0x7FF0, 0, port))
+        assert rc == 0
+        status, _vcpu, dom, _pad, rport = struct.unpack_from("<IIHHI", out, 8)
+        assert status == EvtchnStatus.interdomain and dom == 0 and rport == backend.port
 
 
 def test_backend_binds_start_info_port_and_notifies(idle):
     ev = idle.hv.events
+    ev.close_backend(idle.devices.store_port)        # the port goes back to unbound for dom0
+    rc, out = op(idle, EvtchnOp.status, struct.pack("<HHI", 0x7FF0, 0, ev.store_port))
+    status, _vcpu, dom = struct.unpack_from("<IIH", out, 8)
+    assert rc == 0 and status == EvtchnStatus.unbound and dom == 0
     got = []
     backend = ev.register_backend("xenstore", lambda: got.append(1), guest_port=ev.store_port)
     rc, out = op(idle, EvtchnOp.status, struct.pack("<HHI", 0x7FF0, 0, ev.store_port))

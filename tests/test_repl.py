@@ -238,7 +238,7 @@ def test_traps_and_events_views_on_the_real_tables():
     out = run_monitor(session, "traps")
     assert "#PF" in out and "<printk>" in out and "vcpu0 virtual trap table" in out
     out = run_monitor(session, "events")
-    assert "unbound for dom0" in out                # start_info's store/console ports
+    assert "interdomain dom0 console" in out        # start_info's console port, xenconsoled
     channel = hv.events.channels[5]
     channel.state, channel.virq = EvtchnStatus.virq, 0
     assert "virq TIMER" in run_monitor(session, "events")

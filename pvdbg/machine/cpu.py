@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -190,6 +191,13 @@ class X86Cpu:
         self.memory = memory
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.uc.ctl_set_tlb_mode(UC_TLB_CPU)
+        # emu_start's `until` address is an exit: a block starting there runs nothing
+        # (so a guest whose entry or jump target is that address would stop dead), and
+        # its zero-size block makes the translator probe the page below it (a spurious
+        # #PF at until-0x1000 when that page is unmapped).  An empty exit set has no
+        # such address; runs end only on the count, a timeout or emu_stop.
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
         self._sink = sink
         self._handle = _handle_of(self.uc)
@@ -201,6 +209,11 @@ class X86Cpu:
         self._slice_fault_adjust = 0     # faulting instructions counted but not retired
         self.in_run = False
         self.stop_requested = False
+        self.stop_at_event = False           # any thread: stop at the next hook (exact)
+        self.event_deadline: float | None = None   # monotonic; uncounted slices end at the
+                                                   # first hook after it
+        self.async_stops = 0
+        self._translated_uncounted = False   # blocks cached without Unicorn's count hook
         self._hc_batch = _RawBatch(self.uc, _HC_NAMES)
         self._frame_batch = _RawBatch(self.uc, FRAME_REGS)
         self._read_batches: dict[tuple[str, ...], _RawBatch] = {}
@@ -222,6 +235,9 @@ class X86Cpu:
         if intno < 32 and intno not in (3, 4):
             self._slice_fault_adjust += 1
         self._sink.on_interrupt(intno)
+        if self.stop_at_event or (self.event_deadline is not None
+                                  and time.monotonic() >= self.event_deadline):
+            self.uc.emu_stop()
 
     def _on_invalid(self, uc: Uc, _data) -> bool:
         self._slice_fault_adjust += 1
@@ -271,20 +287,28 @@ class X86Cpu:
     def run(self, max_insns: int, *, timeout_us: int = 0, counted: bool = True) -> int:
         """Run up to `max_insns` instructions from the current EIP; return how many retired.
 
-        With counted=False (and `counting` off) the CPU runs at full speed for up to
-        `timeout_us` and the count is unknown (returns 0)."""
+        With counted=False the CPU runs at full speed with no instruction budget until a
+        hook stops it (`stop`, `stop_at_event`, `event_deadline`); the count is unknown
+        (returns 0).  `timeout_us` is kept for callers and ignored: Unicorn's own timeout
+        stops asynchronously (see `stop_asynchronously`)."""
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
         self._slice_fault_adjust = 0
         if not counted:
             self.exact = False
+            self._translated_uncounted = True
             self.in_run = True
             try:
-                self.uc.emu_start(eip, 0, timeout=timeout_us, count=0)
+                self.uc.emu_start(eip, 0, count=0)
             except UcError as exc:
                 raise CpuError(f"Unicorn stopped: {exc}") from None
             finally:
                 self.in_run = False
             return 0
+        if self._translated_uncounted:
+            # Unicorn adds its count hook without retranslating: blocks cached by an
+            # uncounted run would ignore count= (a step would run on to the next hook).
+            self.uc.ctl_flush_tb()
+            self._translated_uncounted = False
         self.in_run = True
         try:
             self.uc.emu_start(eip, 0, count=max_insns)
@@ -301,8 +325,17 @@ class X86Cpu:
         return done
 
     def stop(self) -> None:
-        """Stop the current run() at the next instruction boundary (thread-safe)."""
+        """From inside a hook: stop the current run() after this hook (exact)."""
         self.stop_requested = True
+        self.uc.emu_stop()
+
+    def stop_asynchronously(self) -> None:
+        """From another thread, as a last resort.  Unicorn notices such a stop inside a
+        memory access, after a store but before the instruction retires, and resumes at
+        that instruction: its store happens twice (unicorn issues 1105 and 1355; measured
+        here: one replayed `incl` per stop).  Counted runs never need this: their slices
+        end exactly on the instruction budget, and hooks stop exactly."""
+        self.async_stops += 1
         self.uc.emu_stop()
 
     # -- registers ---------------------------------------------------------------
@@ -374,7 +407,13 @@ class X86Cpu:
 
     def invalidate_code(self, start: int, end: int) -> None:
         """Drop translated code for guest VAs [start, end) after an external write."""
+        cr2 = self.read("cr2")
         self.uc.ctl_remove_cache(start, end)
+        # Unicorn translates `start` as an instruction fetch: a VA that cannot be fetched
+        # (not present, NX) sets CR2 and leaves a #PF in flight, so the guest's next fault
+        # would become #DF (unicorn issue 1883).  Undo both.
+        self.clear_exception_in_flight()
+        self.write("cr2", cr2)
 
     # -- state -------------------------------------------------------------------
     def save_context(self):

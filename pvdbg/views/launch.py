@@ -60,6 +60,7 @@ def launch_repl(session, gdb_port: int | None = None, listen: str = "127.0.0.1",
                                                f"{server.port})\n")]))
     try:
         if stdin.isatty():
+            session.console_input.open()   # a guest waiting for console input sleeps
             return repl.run()
         return repl.run_script(stdin)
     finally:

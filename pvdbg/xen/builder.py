@@ -178,13 +178,15 @@ def build_domain(image: GuestImage, options: BuildOptions) -> BuiltDomain:
 
     # Kernel image.
     for seg in image.segments:
-        for off in range(0, seg.memsz, PAGE_SIZE):
+        off = 0                  # page by page; a segment need not start on a page
+        while off < seg.memsz:
             va = seg.guest_va + off
             pfn = (va - virt_base) >> PAGE_SHIFT
             base = maddr(pfn) + (va & (PAGE_SIZE - 1))
             chunk = min(PAGE_SIZE - (va & (PAGE_SIZE - 1)), seg.memsz - off)
             data = seg.data[off:off + chunk]
             memory.write(base, data + bytes(chunk - len(data)))
+            off += chunk
 
     # p2m list.
     p2m_bytes = b"".join(mfn.to_bytes(4, "little") for mfn in p2m)

@@ -185,6 +185,19 @@ class EventChannels:
             self._connect_backend(guest_port, backend)
         return backend
 
+    def close_backend(self, backend: BackendPort) -> None:
+        """dom0 closes its end (a backend disconnecting): the guest's port goes back to
+        unbound towards dom0, as evtchn_close leaves the remote end of an interdomain
+        channel."""
+        self.backends.pop(backend.port, None)
+        port = backend.guest_port
+        backend.guest_port = None
+        if port is not None and self.channels[port].backend is backend:
+            ch = self.channels[port]
+            ch.state = EvtchnStatus.unbound
+            ch.remote_port = 0
+            ch.backend = None
+
     def _connect_backend(self, port: int, backend: BackendPort) -> None:
         ch = self.channels[port]
         ch.state = EvtchnStatus.interdomain

@@ -28,6 +28,7 @@ from . import descriptors, mmu, ptwr  # noqa: F401  (memory management, descript
 from .pv import attach_pv  # traps, events, time, multicall, emulation (registers hypercalls)
 
 HYPERCALL_VECTOR = 0x82
+EFLAGS_TF = 1 << 8
 TRAP_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
               8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
               17: "#AC", 18: "#MC", 19: "#XM"}
@@ -279,15 +280,21 @@ class Hypervisor:
     def iret_to_outer_ring(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
         """From ring 1, resume at CS:EIP in ring 2/3 with a real iret from Xen's stack."""
         frame = self.area.write_stack_frame([eip, cs, eflags, esp, ss])
-        self.cpu.write_many({"esp": frame, "eip": TRAMPOLINE_VA + TRAMP_IRET})
+        # Xen runs with TF clear (its entry gates clear it): a TF left by the guest must not
+        # single-step the trampoline's iret.
+        self.cpu.write_many({"esp": frame, "eip": TRAMPOLINE_VA + TRAMP_IRET,
+                             "eflags": self.cpu.read("eflags") & ~EFLAGS_TF})
 
     def switch_to_ring1(self, then: Callable[[dict[str, int]], None]) -> None:
         """From ring 3, enter ring 1 through the call gate; `then(saved_ring3_regs)` runs
         at the landing pad, with the CPU at ring 1 on Xen's stack."""
         vcpu = self.current
-        vcpu.ring3_return = self.cpu.frame_registers()
+        vcpu.ring3_return = regs = self.cpu.frame_registers()
         vcpu.after_landing = then
-        self.cpu.write("eip", TRAMPOLINE_VA + TRAMP_TO_RING1)
+        # Xen enters from ring 3 through an interrupt gate, which clears TF; the call gate
+        # does not, so a TF set by the guest would trap inside the trampoline.
+        self.cpu.write_many({"eip": TRAMPOLINE_VA + TRAMP_TO_RING1,
+                             "eflags": regs["eflags"] & ~EFLAGS_TF})
 
     def _landed_in_ring1(self) -> None:
         vcpu = self.current
