@@ -173,3 +173,31 @@ write_l3:
     s.hv.guest_exception = exception
     s.run(max_insns=100)
     assert codes == [(13, 0x1234), (14, 3)]
+
+
+def test_stop_requests_never_replay_a_store(tmp_path):
+    """Unicorn replays the interrupted store after an asynchronous emu_stop (issues
+    1105/1355); with the default clock every stop is exact, however often it comes."""
+    import threading
+    from pvdbg.session import StopReason
+    guest = build_asm_guest(tmp_path, """
+_start:
+    xor %ecx, %ecx
+1:  incl counter
+    inc %ecx
+    jmp 1b
+.data
+counter: .long 0
+""")
+    s = _session(guest)
+    counter = s.image.symbols.address("counter")
+    for _ in range(20):
+        timer = threading.Timer(0.01, s.request_stop)
+        timer.start()
+        stop = s.run(timeout=10)
+        timer.join()
+        assert stop.reason is StopReason.interrupt
+        memory = int.from_bytes(s.read_memory(counter, 4), "little")
+        ecx = s.cpu.read("ecx")
+        assert memory in (ecx, ecx + 1)        # stopped between incl and inc at most
+    assert s.cpu.async_stops == 0
