@@ -111,6 +111,12 @@ class Callbacks:
             hv.crash_domain(f"{why}, and no failsafe callback is registered "
                             "(set_callbacks / CALLBACKTYPE_failsafe)")
             return
+        if frame.eip == callback.eip and frame.cs & 0xFFFF == (handler_cs or callback.cs) & 0xFFFF:
+            # The return that failed was the entry into the failsafe callback itself: Xen
+            # would bounce to it again and fault again forever, a vcpu that never runs.
+            hv.crash_domain(f"{why}: the failsafe callback {frame.cs:#06x}:{frame.eip:#x} "
+                            "cannot be entered (Xen 4.17 would retry it forever)")
+            return
         mask = bool(pv.vgc_flags & VGCF_FAILSAFE_DISABLES_EVENTS)
         try:
             new = traps.bounce(vcpu, frame, handler_cs or callback.cs, callback.eip,

@@ -24,7 +24,8 @@ from ..machine.cpu import CR0_TS
 from ..trace import TraceKind, TraceRecord
 from .abi import TrapInfo32
 from .constants import FLAT_RING1_DS, FLAT_RING3_DS, Hc, Vmasst
-from .entry import TRAMP_IRET, TRAMPOLINE_VA
+from .entry import (HV_STACK_VA, LANDING_VECTOR, TRAMP_IRET, TRAMP_LANDING, TRAMP_TO_RING1,
+                    TRAMPOLINE_VA)
 from .guestmem import GuestFault
 from .hypercalls import HYPERCALLS, Param
 from .pvvcpu import EMPTY_TRAP, NR_VECTORS, PvVcpu
@@ -42,6 +43,8 @@ EFLAGS_NT = 1 << 14
 EFLAGS_RF = 1 << 16
 EFLAGS_VM = 1 << 17
 PFEC_USER = 1 << 2
+PFEC_INSN_FETCH = 1 << 4
+LCALL_SIZE = 7                      # the trampoline's `lcall $GATE_SEL, $0`
 TRAP_DEBUG, TRAP_NMI, TRAP_INT3, TRAP_OVERFLOW = 1, 2, 3, 4
 TRAP_INVALID_OP, TRAP_NO_DEVICE, TRAP_DOUBLE_FAULT = 6, 7, 8
 TRAP_GP, TRAP_PF = 13, 14
@@ -275,6 +278,7 @@ class Traps:
             self.pv(hv.current).outer_iret = frame
             hv.iret_to_outer_ring(frame.eip, frame.cs, eflags, frame.esp, frame.ss)
         else:
+            self.pv(hv.current).outer_iret = None       # that iret has completed
             hv.switch_to_ring1(lambda _saved: self._landed(frame, eflags))
 
     def _landed(self, frame: GuestFrame, eflags: int) -> None:
@@ -308,6 +312,7 @@ class Traps:
         if TRAMPOLINE_VA <= frame.eip < TRAMPOLINE_END:
             self._fault_in_trampoline(vector, frame, pv)
             return
+        pv.outer_iret = None            # any iret of Xen's into ring 3 has completed
         if vector in (TRAP_INT3, TRAP_OVERFLOW):
             self.inject(vector, frame)          # DPL-3 gates: delivered whatever the DPL
             return
@@ -366,8 +371,45 @@ class Traps:
             error_code = hv.cpu.exception_error_code() if vector in VECTORS_WITH_ERROR_CODE else 0
             hv.callbacks.failsafe_after_iret(target, "iret", error_code, None, vector=vector)
             return
+        if hv.current.ring3_return is None:
+            self._jumped_into_trampoline(vector, frame)
+            return
         hv.crash_domain(f"{vector_name(vector)} inside Xen's trampoline at {frame.eip:#x}",
                         vector=vector)
+
+    def _jumped_into_trampoline(self, vector: int, frame: GuestFrame) -> None:
+        """The guest itself jumped into the trampoline page, which Xen does not have (its
+        entry code lies above 4 GiB, out of a compat guest's reach): deliver the #PF that
+        fetching from that unmapped address takes on Xen, at the address entered."""
+        entry = frame
+        gate_return = TRAMPOLINE_VA + TRAMP_TO_RING1 + LCALL_SIZE
+        if vector == LANDING_VECTOR and frame.eip == TRAMPOLINE_VA + TRAMP_LANDING + 2:
+            # Came through the call gate from the lcall: CS:EIP (and SS:ESP from an outer
+            # ring) of the caller are on the stack the gate switched to.
+            ret_eip, ret_cs, esp, ss = self._gate_frame(frame)
+            if ret_eip == gate_return:
+                outer = ret_cs & 3 != frame.cs & 3
+                entry = GuestFrame(TRAMPOLINE_VA + TRAMP_TO_RING1, ret_cs & 0xFFFF, frame.eflags,
+                                   esp if outer else (frame.esp + 8) & 0xFFFFFFFF,
+                                   ss & 0xFFFF if outer else frame.ss)
+        if entry is frame and (vector >= 32 or vector in (TRAP_INT3, TRAP_OVERFLOW)):
+            entry = frame.replace(eip=(frame.eip - (2 if vector >= 32 else 1)) & 0xFFFFFFFF)
+        self.inject(TRAP_PF, entry, error_code=PFEC_INSN_FETCH, cr2=entry.eip,
+                    detail="the guest jumped into pvdbg's trampoline page, where Xen maps "
+                           "nothing for a PV guest")
+
+    def _gate_frame(self, frame: GuestFrame) -> tuple[int, int, int, int]:
+        """The four words a far call through a gate left at SS:ESP (zeros if unreadable)."""
+        hv = self.hv
+        if HV_STACK_VA <= frame.esp <= HV_STACK_VA + 0x1000 - 16:
+            data = hv.memory.read((hv.area.stack_mfn << 12) | (frame.esp & 0xFFF), 16)
+        else:
+            try:
+                data = hv.guest.read(frame.esp, 8) + bytes(8)
+            except GuestFault:
+                data = bytes(16)
+        ret_eip, ret_cs, esp, ss = struct.unpack("<4I", data)
+        return ret_eip, ret_cs, esp, ss
 
     # -- software interrupts -------------------------------------------------------------
     def software_interrupt(self, vector: int, frame: GuestFrame) -> None:

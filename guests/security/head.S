@@ -1,0 +1,119 @@
+/*
+ * Entry, hypercall page, stack, trap entries and setjmp/longjmp shared by the security
+ * regression guests.  Every exception vector enters sec_trap(vector, frame) with the
+ * bounce frame Xen wrote; sec_trap() records the fault and long-jumps back to the
+ * attempt that expected it (runtime.c).
+ */
+#include <page.h>
+#include <xen/xen.h>
+#include <xen/elfnote.h>
+#include <xen/sched.h>
+
+	.section .head.text, "ax", @progbits
+	.globl	_start
+	.type	_start, @function
+_start:
+	cld
+	movl	%esi, xen_start_info
+	movl	$(sec_stack + THREAD_SIZE), %esp
+	xorl	%ebp, %ebp
+	call	sec_boot
+	pushl	$SHUTDOWN_poweroff
+	call	xen_reboot
+	.size	_start, . - _start
+
+	.text
+	.balign	PAGE_SIZE
+	.globl	hypercall_page
+	.type	hypercall_page, @function
+hypercall_page:
+	.fill	PAGE_SIZE, 1, 0xcc
+	.size	hypercall_page, PAGE_SIZE
+
+/* int sec_setjmp(struct sec_jmp *), void sec_longjmp(struct sec_jmp *, int). */
+	.globl	sec_setjmp
+	.type	sec_setjmp, @function
+sec_setjmp:
+	movl	4(%esp), %eax
+	movl	%ebx, 0(%eax)
+	movl	%esi, 4(%eax)
+	movl	%edi, 8(%eax)
+	movl	%ebp, 12(%eax)
+	leal	4(%esp), %ecx
+	movl	%ecx, 16(%eax)
+	movl	(%esp), %ecx
+	movl	%ecx, 20(%eax)
+	xorl	%eax, %eax
+	ret
+	.size	sec_setjmp, . - sec_setjmp
+
+	.globl	sec_longjmp
+	.type	sec_longjmp, @function
+sec_longjmp:
+	movl	4(%esp), %edx
+	movl	8(%esp), %eax
+	movl	0(%edx), %ebx
+	movl	4(%edx), %esi
+	movl	8(%edx), %edi
+	movl	12(%edx), %ebp
+	movl	16(%edx), %esp
+	jmp	*20(%edx)
+	.size	sec_longjmp, . - sec_longjmp
+
+	.macro	TRAP_ENTRY vec
+trap_entry_\vec:
+	pushl	$\vec
+	jmp	trap_common
+	.endm
+
+	.irp	vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+	TRAP_ENTRY \vec
+	.endr
+
+trap_common:
+	movl	$FLAT_RING1_DS, %eax
+	movl	%eax, %ds
+	movl	%eax, %es
+	cld
+	movl	%esp, %eax
+	pushl	%eax
+	pushl	(%eax)
+	call	sec_trap
+	ud2
+
+	.section .rodata
+	.balign	4
+	.globl	trap_entries
+trap_entries:
+	.irp	vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+	.long	trap_entry_\vec
+	.endr
+
+	.bss
+	.balign	THREAD_SIZE
+sec_stack:
+	.skip	THREAD_SIZE
+
+#define XEN_ELFNOTE(type, desc)                                                    \
+	.balign	4;                                                                 \
+	.long	2f - 1f;                                                           \
+	.long	4f - 3f;                                                           \
+	.long	type;                                                              \
+1:	.asciz	"Xen";                                                             \
+2:	.balign	4;                                                                 \
+3:	desc;                                                                      \
+4:	.balign	4
+
+	.section .note.Xen, "a", @note
+	XEN_ELFNOTE(XEN_ELFNOTE_GUEST_OS,       .asciz "pvdbg-security")
+	XEN_ELFNOTE(XEN_ELFNOTE_GUEST_VERSION,  .asciz "1")
+	XEN_ELFNOTE(XEN_ELFNOTE_XEN_VERSION,    .asciz "xen-3.0")
+	XEN_ELFNOTE(XEN_ELFNOTE_VIRT_BASE,      .long VIRT_BASE)
+	XEN_ELFNOTE(XEN_ELFNOTE_PADDR_OFFSET,   .long PADDR_OFFSET)
+	XEN_ELFNOTE(XEN_ELFNOTE_ENTRY,          .long _start)
+	XEN_ELFNOTE(XEN_ELFNOTE_HYPERCALL_PAGE, .long hypercall_page)
+	XEN_ELFNOTE(XEN_ELFNOTE_FEATURES,       .asciz "!writable_page_tables|pae_pgdir_above_4gb")
+	XEN_ELFNOTE(XEN_ELFNOTE_PAE_MODE,       .asciz "yes")
+	XEN_ELFNOTE(XEN_ELFNOTE_LOADER,         .asciz "generic")
+
+	.section .note.GNU-stack, "", @progbits
