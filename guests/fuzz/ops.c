@@ -318,11 +318,13 @@ void sanitize_call(uint32_t c[7], int in_multicall)
 			c[2] = below(1024);
 		break;
 	case __HYPERVISOR_grant_table_op:
+		/* Xen writes a status back into every record: a huge count on scratch would
+		 * run into the multicall page while a batch is being read. */
+		if (c[3] > 64 && in_scratch(c[2], 1))
+			c[3] = 64;
 		if ((c[1] & 0xfff) == 5 || (c[1] & 0xfff) == 4) {
 			if (!in_scratch(c[2], 1))
 				c[2] = bad_pointer();
-			if (c[3] > 64 && in_scratch(c[2], 1))
-				c[3] = 64;
 			if ((c[1] & 0xfff) == 5)
 				sanitize_records(c[2], c[3], 24, one_gnttab_copy, zero_record);
 			else
