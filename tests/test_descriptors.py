@@ -117,8 +117,13 @@ def test_check_descriptor_is_a_fixed_point(raw, policy):
     if not verdict.ok:
         return
     again = check_descriptor(verdict.value, policy)
-    assert again.ok and again.value == verdict.value
     high = verdict.value >> 32
+    if high & (1 << 15) and not high & (1 << 12) and (high >> 8) & 0xF == 0xC:
+        # A stored call gate has DPL 0 and its DPL in the target's RPL; checking it again
+        # raises that DPL 0 to 1 and stores 1 there, as Xen's check_descriptor does.
+        assert again.ok and again.value == verdict.value & ~(3 << 16) | (1 << 16)
+        return
+    assert again.ok and again.value == verdict.value
     if high & (1 << 15) and high & (1 << 12):
         assert (high >> 13) & 3 >= 1 and not high & (1 << 21)
 

@@ -209,8 +209,9 @@ def test_get_status_frames_and_swap_grant_ref():
 
 @pytest.mark.parametrize("cmd,count,rc", [
     (GnttabOp.dump_table, 1, -Errno.ENOSYS),
-    (GnttabOp.map_grant_ref, 1, -Errno.ENOSYS),
-    (GnttabOp.copy, 1, -Errno.ENOSYS),
+    (GnttabOp.map_grant_ref, 1 << 28, -Errno.EFAULT),          # the array reaches the hole
+    (GnttabOp.copy, 1 << 28, -Errno.EFAULT),
+    (GnttabOp.map_grant_ref | (1 << 12), 1, -Errno.EINVAL),
     (99, 1, -Errno.ENOSYS),
     (GnttabOp.query_size | (1 << 12), 1, -Errno.EINVAL),       # continuation bits
     (GnttabOp.query_size, -1, -Errno.EINVAL),                  # (int)count < 0

@@ -128,8 +128,12 @@ def test_descriptors_reaching_ring0(guests):
     assert dpl(r["gate_high"]["value"]) == 0                   # stored with DPL 0 ...
     assert r["gate_low"]["value"] >> 16 == 0xE019 | 3          # ... DPL 3 kept in the RPL
     assert r["far_jump_dpl0_code"] == {"nofault": 1, "value": 0x0009}     # CPL 1
-    gate = r["call_gate"]
-    assert (gate.get("fault") == 13 and gate["ec"] == 0x28) or gate["value"] & 3 == 1
+    # Xen emulates the far call through the gate: the target runs in ring 1 (the DPL 3
+    # kept in the target selector's RPL allows the call from ring 1).
+    assert r["call_gate"] == {"nofault": 1, "value": 0xE019}
+    # A gate aimed at the DPL-0 code descriptor as written lands in ring 1 too.
+    assert rc(r, "gate_to_dpl0_code") == 0
+    assert r["call_gate_ring0"] == {"nofault": 1, "value": 0x0009}
 
 
 def test_segments_into_the_hole(guests):
@@ -146,6 +150,23 @@ def test_segments_into_the_hole(guests):
                        ("wrap_read_hole", 0xFF000000), ("flat_read_hole", 0xFF000000)):
         assert r[probe]["fault"] == 14 and r[probe]["ec"] == PF_NOT_PRESENT, probe
         assert r[probe]["cr2"] == cr2, probe
+
+
+def test_private_area_of_pvdbg(guests):
+    r = run(guests, "private_area")
+    # Xen 4.17 maps nothing there for a 32-bit guest: not-present faults at the address.
+    for probe, cr2 in (("write_gdt_window", 0xFFE00000), ("write_trampoline", 0xFFF00000)):
+        assert (r[probe]["fault"], r[probe]["ec"], r[probe]["cr2"]) == (14, 2, cr2), probe
+    for probe, cr2 in (("jump_trampoline_iret", 0xFFF00000), ("jump_area", 0xFFE00100)):
+        assert (r[probe]["fault"], r[probe]["ec"], r[probe]["cr2"]) == (14, 0x10, cr2), probe
+        assert r[probe]["eip"] == cr2, probe               # faulted at the fetch, no iret
+    assert (r["read_tss"]["fault"], r["read_tss"]["ec"], r["read_tss"]["cr2"]) == (
+        14, 0, 0xFFF01000)
+    # Known divergence (guests/security/README.md): the CPU reads descriptors through
+    # the GDT window, Unicorn 2.1.4 enforces no segment limits and paging cannot tell
+    # ring 1 from ring 0, so this ring-1 read succeeds where Xen gives #PF(0); it sees
+    # the guest's own GDT frames and Xen's public reserved descriptors.
+    assert r["read_gdt_window"]["nofault"]
 
 
 def test_event_channels_not_owned(guests):
@@ -167,6 +188,11 @@ def test_grants_not_owned(guests):
     assert rc(r, "version_dom0") == EPERM
     assert rc(r, "version_no_domain") == ESRCH
     assert rc(r, "swap_beyond") == 0 and status("swap_beyond_status") == -3
+    for probe, gntst in (("map_dom0_ref", -1), ("map_dom0_beyond", -3), ("map_domid_self", -2),
+                         ("map_no_domain", -2), ("unmap_unknown", -4), ("copy_from_dom0", -1),
+                         ("copy_dom0_beyond", -3), ("copy_frame_of_dom0", -8),
+                         ("transfer_not_ram", -9)):
+        assert rc(r, probe) == 0 and status(f"{probe}_status") == gntst, probe
 
 
 def test_hypercall_buffers_in_the_hole(guests):

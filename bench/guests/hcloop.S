@@ -14,6 +14,8 @@
  * (XEN-PV-ABI.md 2.6); that stack is all this guest needs.
  * ABI: xen/include/public/xen.h (hypercall numbers), version.h, sched.h, elfnote.h.
  */
+#include "../../guests/include/xen-notes.h"
+
 #define VIRT_BASE                   0xC0000000
 #define PADDR_OFFSET                0
 #define PAGE_SIZE                   4096
@@ -25,14 +27,6 @@
 #define SCHEDOP_shutdown            2
 #define SHUTDOWN_poweroff           0
 
-#define XEN_ELFNOTE_ENTRY           1
-#define XEN_ELFNOTE_HYPERCALL_PAGE  2
-#define XEN_ELFNOTE_VIRT_BASE       3
-#define XEN_ELFNOTE_PADDR_OFFSET    4
-#define XEN_ELFNOTE_XEN_VERSION     5
-#define XEN_ELFNOTE_GUEST_OS        6
-#define XEN_ELFNOTE_LOADER          8
-#define XEN_ELFNOTE_PAE_MODE        9
 
 #ifndef HC_ITERATIONS
 #error "define HC_ITERATIONS (the number of hypercalls to make)"
@@ -83,25 +77,7 @@ hypercall_page:
 	.fill	PAGE_SIZE, 1, 0xcc
 	.size	hypercall_page, PAGE_SIZE
 
-/* One Xen note per field: namesz, descsz, type, "Xen\0", desc (4-byte aligned). */
-#define XEN_ELFNOTE(type, desc)                                                    \
-	.balign	4;                                                                 \
-	.long	2f - 1f;                                                           \
-	.long	4f - 3f;                                                           \
-	.long	type;                                                              \
-1:	.asciz	"Xen";                                                             \
-2:	.balign	4;                                                                 \
-3:	desc;                                                                      \
-4:	.balign	4
-
-	.section .note.Xen, "a", @note
-	XEN_ELFNOTE(XEN_ELFNOTE_GUEST_OS,       .asciz "pvdbg-hcloop")
-	XEN_ELFNOTE(XEN_ELFNOTE_XEN_VERSION,    .asciz "xen-3.0")
-	XEN_ELFNOTE(XEN_ELFNOTE_VIRT_BASE,      .long VIRT_BASE)
-	XEN_ELFNOTE(XEN_ELFNOTE_PADDR_OFFSET,   .long PADDR_OFFSET)
-	XEN_ELFNOTE(XEN_ELFNOTE_ENTRY,          .long startup_xen)
-	XEN_ELFNOTE(XEN_ELFNOTE_HYPERCALL_PAGE, .long hypercall_page)
-	XEN_ELFNOTE(XEN_ELFNOTE_LOADER,         .asciz "generic")
-	XEN_ELFNOTE(XEN_ELFNOTE_PAE_MODE,       .asciz "yes")
+/* Xen ELF notes (guests/include/xen-notes.h). */
+	XEN_PV32_NOTES pvdbg-hcloop, startup_xen, VIRT_BASE, PADDR_OFFSET
 
 	.section .note.GNU-stack, "", @progbits

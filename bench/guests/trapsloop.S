@@ -12,6 +12,8 @@
  * Then sched_op(SCHEDOP_shutdown, {SHUTDOWN_poweroff}).
  * ABI: xen/include/public/xen.h, event_channel.h, callback.h, elfnote.h.
  */
+#include "../../guests/include/xen-notes.h"
+
 #define PAGE_SIZE                   4096
 #define HYPERCALL(n)                call hypercall_page + (n) * 32
 #define HC_multicall                13
@@ -109,18 +111,7 @@ calls:
 	.balign	PAGE_SIZE
 shinfo:	   .fill PAGE_SIZE, 1, 0
 
-/* Xen notes (xen/include/public/elfnote.h): name "Xen", 4-byte values or strings. */
-#define NOTE(type, desc)                                                         \
-	.balign	4; .long 4; .long 2f - 1f; .long type; .asciz "Xen";             \
-1:	desc; 2: .balign 4
-	.section .note.Xen, "a", @note
-	NOTE(6, .asciz "trapsloop")
-	NOTE(5, .asciz "xen-3.0")
-	NOTE(3, .long 0xC0000000)
-	NOTE(4, .long 0)
-	NOTE(1, .long startup_xen)
-	NOTE(2, .long hypercall_page)
-	NOTE(8, .asciz "generic")
-	NOTE(9, .asciz "yes")
+/* Xen ELF notes (guests/include/xen-notes.h). */
+	XEN_PV32_NOTES trapsloop, startup_xen, 0xC0000000, 0
 
 	.section .note.GNU-stack, "", @progbits

@@ -236,17 +236,84 @@ static void sanitize_records(uint32_t va, uint32_t count, uint32_t size,
 static void one_mmu_req(void *p) { sanitize_mmu_req(p); }
 static void one_mmuext(void *p) { sanitize_mmuext(p); }
 
+/*
+ * Grants the domain gives itself, so that map, unmap and copy reach past the entry checks:
+ * now and then, before a grant_table_op, one of entries GRANT_FIRST.. is rewritten (by a
+ * GNTTABOP_copy into the table's first frame) to grant an arena frame to this domain
+ * (d1 under pvdbg), read-only or writable, to accept a transfer, or to nothing.  Map
+ * records naming this domain become device mappings: a host mapping would leave a grant
+ * PTE that later random page-table calls remove, which Xen punishes with domain_crash.
+ */
+#define GRANT_FIRST     8
+#define GRANT_COUNT     8
+#define FUZZ_DOMID      1
+
+static uint32_t grant_frame_mfn;
+static uint32_t grant_entry_buf[2] __attribute__((aligned(8)));
+static uint32_t granted_mfn[GRANT_COUNT];
+
+struct gnttab_copy_rec {
+	uint32_t src;
+	uint16_t src_dom, src_off;
+	uint32_t dst;
+	uint16_t dst_dom, dst_off;
+	uint16_t len, flags;
+	int16_t status, pad;
+};
+
+static void self_grant(void)
+{
+	static const uint16_t entry_flags[] = { 0, 1, 1 | 4, 2 };   /* none, RW, RO, transfer */
+	struct { uint16_t dom, pad; uint32_t nr_frames; int16_t status, pad2; uint32_t list; } setup;
+	struct gnttab_copy_rec copy;
+	uint32_t ref = below(GRANT_COUNT);
+	uint32_t buf = (uint32_t)grant_entry_buf;
+
+	if (!grant_frame_mfn) {
+		setup.dom = DOMID_SELF;
+		setup.nr_frames = 1;
+		setup.status = 0;
+		setup.list = (uint32_t)&grant_frame_mfn;
+		if (_hypercall3(__HYPERVISOR_grant_table_op, 2, (unsigned long)&setup, 1) || setup.status) {
+			grant_frame_mfn = 0;
+			return;
+		}
+	}
+	granted_mfn[ref] = lay.arena_mfn[below(ARENA_PAGES)];
+	grant_entry_buf[0] = entry_flags[below(4)] | ((uint32_t)FUZZ_DOMID << 16);
+	grant_entry_buf[1] = granted_mfn[ref];
+	copy.src = pfn_to_mfn(virt_to_pfn(buf));
+	copy.src_dom = DOMID_SELF;
+	copy.src_off = buf & ~PAGE_MASK;
+	copy.dst = grant_frame_mfn;
+	copy.dst_dom = DOMID_SELF;
+	copy.dst_off = (GRANT_FIRST + ref) * 8;
+	copy.len = 8;
+	copy.flags = 0;
+	_hypercall3(__HYPERVISOR_grant_table_op, 5, (unsigned long)&copy, 1);
+}
+
 /* struct gnttab_copy (compat, 24 bytes): source {u32 ref|gmfn; u16 domid; u16 offset},
  * dest {the same}, u16 len, u16 flags, s16 status. */
 static void one_gnttab_copy(void *p)
 {
-	uint32_t *w = p;
+	struct gnttab_copy_rec *op = p;
 
-	if (!(((uint16_t *)p)[9] & 2))                  /* GNTCOPY_dest_gref clear: a frame */
-		w[2] = safe_mfn(w[2]);
+	if (chance(30)) {                               /* source: a self-granted entry */
+		op->flags |= 1;
+		op->src = GRANT_FIRST + below(GRANT_COUNT);
+		op->src_dom = chance(50) ? FUZZ_DOMID : DOMID_SELF;
+	}
+	if (chance(30)) {                               /* dest: a self-granted entry */
+		op->flags |= 2;
+		op->dst = GRANT_FIRST + below(GRANT_COUNT);
+		op->dst_dom = chance(50) ? FUZZ_DOMID : DOMID_SELF;
+	}
+	if (!(op->flags & 2))                           /* GNTCOPY_dest_gref clear: a frame */
+		op->dst = safe_mfn(op->dst);
 }
 
-/* struct gnttab_transfer (compat, 12 bytes): u32 mfn, u16 domid, u32 ref, s16 status. */
+/* struct gnttab_transfer (compat, 16 bytes): u32 mfn, u16 domid, u32 ref at 8, s16 status. */
 static void one_gnttab_transfer(void *p)
 {
 	uint32_t *w = p;
@@ -254,11 +321,58 @@ static void one_gnttab_transfer(void *p)
 	w[0] = safe_mfn(w[0]);
 }
 
+/* struct gnttab_map_grant_ref (32 bytes): u64 host_addr, u32 flags, u32 ref, u16 dom, ...
+ * A successful map replaces the PTE at host_addr (a linear address, or the PTE's machine
+ * address with GNTMAP_contains_pte): keep it off the guest's own code and data. */
+static void one_gnttab_map(void *p)
+{
+	uint32_t *w = p;
+
+	if (chance(50)) {
+		((uint16_t *)p)[8] = FUZZ_DOMID;
+		w[3] = GRANT_FIRST + below(GRANT_COUNT);
+	}
+	if (((uint16_t *)p)[8] == FUZZ_DOMID)
+		w[2] = (w[2] & ~2u) | 1;                /* device_map, never host_map */
+	if (w[1])
+		return;                                 /* beyond 32 bits: refused */
+	if (w[2] & 16) {                                /* GNTMAP_contains_pte */
+		if (vital_mfn(w[0] >> PAGE_SHIFT))
+			w[2] &= ~16u;
+		else
+			return;
+	}
+	if (vital_va(w[0]) || in_scratch(w[0], 1))
+		w[0] = arena_page_va(below(ARENA_PAGES));
+}
+
+/* struct gnttab_unmap_grant_ref (24 bytes): u64 host_addr, u64 dev_bus_addr, u32 handle. */
+static void one_gnttab_unmap(void *p)
+{
+	uint32_t *w = p;
+
+	if (chance(50)) {
+		w[2] = granted_mfn[below(GRANT_COUNT)] << PAGE_SHIFT;
+		w[3] = 0;
+		w[4] = below(16);
+	}
+}
+
+/* struct gnttab_unmap_and_replace (24 bytes): u64 host_addr, u64 new_addr, u32 handle:
+ * the PTE at new_addr is taken away to replace the grant mapping. */
+static void one_gnttab_replace(void *p)
+{
+	uint32_t *w = p;
+
+	if (!w[3] && (vital_va(w[2]) || in_scratch(w[2], 1)))
+		w[2] = arena_page_va(below(ARENA_PAGES));
+}
+
 void sanitize_call(uint32_t c[7], int in_multicall)
 {
 	static const struct mmu_update mmu_stop = { 7, 0 };
 	static const struct mmuext_op ext_stop = { 0xffff, { 0 }, { 0 } };
-	static const uint8_t zero_record[24];
+	static const uint8_t zero_record[32];
 	uint32_t *w;
 
 	switch (c[0]) {
@@ -322,13 +436,30 @@ void sanitize_call(uint32_t c[7], int in_multicall)
 		 * run into the multicall page while a batch is being read. */
 		if (c[3] > 64 && in_scratch(c[2], 1))
 			c[3] = 64;
-		if ((c[1] & 0xfff) == 5 || (c[1] & 0xfff) == 4) {
+		if (chance(25))
+			self_grant();
+		switch (c[1] & 0xfff) {
+		case 1:                                 /* unmap_grant_ref */
+			if (in_scratch(c[2], 1))
+				sanitize_records(c[2], c[3], 24, one_gnttab_unmap, zero_record);
+			break;
+		case 0:                                 /* map_grant_ref */
+		case 4:                                 /* transfer */
+		case 5:                                 /* copy */
+		case 7:                                 /* unmap_and_replace */
 			if (!in_scratch(c[2], 1))
 				c[2] = bad_pointer();
-			if ((c[1] & 0xfff) == 5)
+			if ((c[1] & 0xfff) == 0)
+				sanitize_records(c[2], c[3], 32, one_gnttab_map, zero_record);
+			else if ((c[1] & 0xfff) == 4)
+				sanitize_records(c[2], c[3], 16, one_gnttab_transfer, zero_record);
+			else if ((c[1] & 0xfff) == 5)
 				sanitize_records(c[2], c[3], 24, one_gnttab_copy, zero_record);
 			else
-				sanitize_records(c[2], c[3], 12, one_gnttab_transfer, zero_record);
+				sanitize_records(c[2], c[3], 24, one_gnttab_replace, zero_record);
+			break;
+		default:
+			break;
 		}
 		break;
 	case __HYPERVISOR_iret:

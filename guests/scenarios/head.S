@@ -34,26 +34,8 @@ hypercall_page:
 scenario_stack:
 	.skip	THREAD_SIZE
 
-#define XEN_ELFNOTE(type, desc)                                                    \
-	.balign	4;                                                                 \
-	.long	2f - 1f;                                                           \
-	.long	4f - 3f;                                                           \
-	.long	type;                                                              \
-1:	.asciz	"Xen";                                                             \
-2:	.balign	4;                                                                 \
-3:	desc;                                                                      \
-4:	.balign	4
-
-	.section .note.Xen, "a", @note
-	XEN_ELFNOTE(XEN_ELFNOTE_GUEST_OS,       .asciz "pvdbg-scenario")
-	XEN_ELFNOTE(XEN_ELFNOTE_GUEST_VERSION,  .asciz "1")
-	XEN_ELFNOTE(XEN_ELFNOTE_XEN_VERSION,    .asciz "xen-3.0")
-	XEN_ELFNOTE(XEN_ELFNOTE_VIRT_BASE,      .long VIRT_BASE)
-	XEN_ELFNOTE(XEN_ELFNOTE_PADDR_OFFSET,   .long PADDR_OFFSET)
-	XEN_ELFNOTE(XEN_ELFNOTE_ENTRY,          .long _start)
-	XEN_ELFNOTE(XEN_ELFNOTE_HYPERCALL_PAGE, .long hypercall_page)
-	XEN_ELFNOTE(XEN_ELFNOTE_FEATURES,       .asciz "!writable_page_tables|pae_pgdir_above_4gb")
-	XEN_ELFNOTE(XEN_ELFNOTE_PAE_MODE,       .asciz "yes")
-	XEN_ELFNOTE(XEN_ELFNOTE_LOADER,         .asciz "generic")
+/* Xen ELF notes */
+#include <xen-notes.h>
+	XEN_PV32_NOTES pvdbg-scenario, _start, VIRT_BASE, PADDR_OFFSET, "1", PVDBG_GUEST_FEATURES
 
 	.section .note.GNU-stack, "", @progbits

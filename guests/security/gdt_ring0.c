@@ -5,8 +5,9 @@
  * gates it accepts with DPL 0 so every use traps and is emulated (landing in ring 1),
  * and refuses every other system descriptor (TSS, LDT, task, interrupt and trap gates)
  * and 64-bit code.  update_descriptor only writes the domain's own frames.
- * Using the accepted gate never reaches ring 0 either: Xen emulates the far call into
- * ring 1; pvdbg does not emulate gate calls and the guest gets the #GP(gate selector).
+ * Using an accepted gate never reaches ring 0 either: Xen emulates the far call, which
+ * lands in ring 1 -- also through a gate aimed at the DPL-0 code descriptor as written,
+ * since check_descriptor raised that descriptor's DPL to 1.
  * ABI: xen/arch/x86/pv/descriptor-tables.c check_descriptor, pv_set_gdt,
  * do_update_descriptor; pv/emul-gate-op.c; XEN-PV-ABI.md 1.3.
  */
@@ -14,6 +15,7 @@
 
 #define SEL_CODE_DPL0   0x0009          /* gdt[1], RPL 1 */
 #define SEL_GATE        0x002b          /* gdt[5], RPL 3 */
+#define SEL_GATE_RING0  0x003b          /* gdt[7], RPL 3: gate to gdt[1] */
 
 static uint64_t gdt[512] __page_aligned;
 static uint32_t gdt_frames[1];
@@ -50,6 +52,17 @@ static uint32_t gate_call(uint32_t unused)
 	(void)unused;
 	asm volatile ("lcall %[gate], $0\n"
 		      : "=a" (cs) : [gate] "i" (SEL_GATE) : "ecx", "edx", "memory");
+	return cs;
+}
+
+/* Far call through the gate gdt[7], whose target is the DPL-0 code gdt[1]. */
+static uint32_t gate_call_ring0(uint32_t unused)
+{
+	uint32_t cs;
+
+	(void)unused;
+	asm volatile ("lcall %[gate], $0\n"
+		      : "=a" (cs) : [gate] "i" (SEL_GATE_RING0) : "ecx", "edx", "memory");
 	return cs;
 }
 
@@ -90,4 +103,8 @@ void attempt(void)
 				      0, 0x0000ffff, 0x00cfb300, 0));
 	probe("far_jump_dpl0_code", far_jump, 0);
 	probe("call_gate", gate_call, 0);
+	result("gate_to_dpl0_code", update_descriptor(7, ((uint64_t)(target & 0xffff0000) << 32)
+				       | 0x0000ec0000000000ULL | ((uint64_t)SEL_CODE_DPL0 << 16)
+				       | (target & 0xffff)));
+	probe("call_gate_ring0", gate_call_ring0, 0);
 }

@@ -100,31 +100,7 @@ init_thread_union:
 
 /* ------------------------------------------------------------ Xen ELF notes */
 
-/*
- * One note per field, name "Xen" (ELF note: namesz, descsz, type, name, desc, each
- * padded to 4 bytes). The linker script places .note.Xen in its own PT_NOTE segment.
- * ABI: xen/include/public/elfnote.h; XEN-PV-ABI.md 2.1.
- */
-#define XEN_ELFNOTE(type, desc)                                                    \
-	.balign	4;                                                                 \
-	.long	2f - 1f;                /* namesz, including the NUL */            \
-	.long	4f - 3f;                /* descsz */                               \
-	.long	type;                                                              \
-1:	.asciz	"Xen";                                                             \
-2:	.balign	4;                                                                 \
-3:	desc;                                                                      \
-4:	.balign	4
-
-	.section .note.Xen, "a", @note
-	XEN_ELFNOTE(XEN_ELFNOTE_GUEST_OS,       .asciz "pvdbg-seed")
-	XEN_ELFNOTE(XEN_ELFNOTE_GUEST_VERSION,  .asciz "1")
-	XEN_ELFNOTE(XEN_ELFNOTE_XEN_VERSION,    .asciz "xen-3.0")
-	XEN_ELFNOTE(XEN_ELFNOTE_VIRT_BASE,      .long VIRT_BASE)
-	XEN_ELFNOTE(XEN_ELFNOTE_PADDR_OFFSET,   .long PADDR_OFFSET)
-	XEN_ELFNOTE(XEN_ELFNOTE_ENTRY,          .long startup_xen)
-	XEN_ELFNOTE(XEN_ELFNOTE_HYPERCALL_PAGE, .long hypercall_page)
-	XEN_ELFNOTE(XEN_ELFNOTE_FEATURES,       .asciz "!writable_page_tables|pae_pgdir_above_4gb")
-	XEN_ELFNOTE(XEN_ELFNOTE_PAE_MODE,       .asciz "yes")
-	XEN_ELFNOTE(XEN_ELFNOTE_LOADER,         .asciz "generic")
+#include <xen-notes.h>
+	XEN_PV32_NOTES pvdbg-seed, startup_xen, VIRT_BASE, PADDR_OFFSET, "1", PVDBG_GUEST_FEATURES
 
 	.section .note.GNU-stack, "", @progbits

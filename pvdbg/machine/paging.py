@@ -88,6 +88,9 @@ class PageWalkError(Exception):
 
 # Reserved bits of PAE entries with NX enabled and MAXPHYADDR 40 (Unicorn's default).
 _RSVD_HIGH = 0x7FF0000000000000 | (((1 << 52) - 1) & ~((1 << 40) - 1))
+# L2/L1 entries: bits 52..62 are ignored, as by the 64-bit paging a PV guest runs under on
+# Xen and by Unicorn's walker (Xen keeps _PAGE_GNTTAB, bit 62, in grant mappings).
+_RSVD_HIGH_LOWER = ((1 << 52) - 1) & ~((1 << 40) - 1)
 
 
 def walk_pae(mem: PhysicalMemory, cr3: int, guest_va: int, *, write: bool = False,
@@ -120,7 +123,7 @@ def walk_pae(mem: PhysicalMemory, cr3: int, guest_va: int, *, write: bool = Fals
         name = LEVEL_NAMES[level]
         if not entry & PTE_PRESENT:
             raise PageWalkError(guest_va, level, f"{name} entry {index} not present", tuple(steps))
-        if entry & _RSVD_HIGH:
+        if entry & _RSVD_HIGH_LOWER:
             raise PageWalkError(guest_va, level, f"{name} entry {index} has reserved bits set "
                                 f"({entry:#x})", tuple(steps))
         writable = writable and bool(entry & PTE_RW)

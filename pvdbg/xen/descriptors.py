@@ -29,7 +29,9 @@ from ..machine.memory import PAGE_SHIFT, PAGE_SIZE
 from .constants import (FIRST_RESERVED_GDT_ENTRY, FIRST_RESERVED_GDT_PAGE, FLAT_RING1_CS,
                         Errno, HYPERVISOR_VIRT_START_PAE, Hc)
 from .entry import (GDT_LIMIT, GDT_WINDOW_PAGES, GDT_WINDOW_VA, MAX_VCPUS, PTE_A, PTE_P,
-                    gdt_window_va)
+                    TRAMPOLINE_VA, gdt_window_va)
+
+AREA_END = 1 << 32
 from .hypercalls import HYPERCALLS, HypercallError, Param, fail
 from .mm import PTE_ADDR, PageType, pte_mfn
 
@@ -75,7 +77,8 @@ class LimitPolicy(StrEnum):
                     f"reaches the hypervisor hole at {HYPERVISOR_VIRT_START_PAE:#x} is widened "
                     "to 4 GiB; pagetables, not segments, protect the hole")
         return (f"32-bit PAE Xen (the seed's era): segment limits are truncated to end below "
-                f"{RO_MPT_VIRT_END_PAE:#x} so the guest kernel cannot reach the hypervisor")
+                f"{RO_MPT_VIRT_END_PAE:#x} so the guest kernel cannot reach the hypervisor "
+                "(stored limits: the emulated CPU, Unicorn 2.1.4, enforces none)")
 
 
 @dataclass(frozen=True)
@@ -372,9 +375,19 @@ class DescriptorTables:
             self.hv.cpu.set_ldtr(LDT_SELECTOR, ldt_window_va(vcpu_id), ents * 8 - 1)
 
     def load_vcpu(self, vcpu_id: int) -> None:
-        """Load this vcpu's GDTR and LDTR (on a vcpu switch)."""
-        self.hv.cpu.set_gdtr(gdt_window_va(vcpu_id), GDT_LIMIT)
+        """Load this vcpu's GDTR and LDTR (on a vcpu switch, with its registers loaded),
+        and map the area's transit pages only if it is in ring 3 or mid ring change
+        (entry.py); the switch flushes the TLB."""
+        cpu = self.hv.cpu
+        cpu.set_gdtr(gdt_window_va(vcpu_id), GDT_LIMIT)
         self.load_ldt(vcpu_id)
+        vcpu = self.hv.vcpus[vcpu_id]
+        regs = cpu.read_many(("cs", "eip"))
+        if vcpu.saved_context is not None and (regs["cs"] & 3 == 3
+                                               or TRAMPOLINE_VA <= regs["eip"] < AREA_END):
+            self.area.transit_open(ring3_lcall=vcpu.ring3_return is not None)
+        else:
+            self.area.transit_close()
 
     def destroy_ldt(self, vcpu_id: int) -> bool:
         """pv_destroy_ldt(): unmap the LDT shadow pages, dropping their seg_desc

@@ -15,9 +15,17 @@ every guest L2 that Xen owns slots in (as Xen's own L2 slots 428..511 are).
 Layout (guest virtual):
   GDT_WINDOW + vcpu*0x10000  16 pages: guest GDT frames 0..13 (or the zero page),
                              Xen's reserved GDT page (entries 7168..7679), zero page
-  TRAMPOLINE_VA              trampolines (user-executable, read-only)
+  TRAMPOLINE_VA              trampolines (read-only)
   TSS_VA                     one 32-bit TSS per vcpu (read-only to the guest)
   HV_STACK_VA                the hypervisor's scratch stack (frames for iret)
+  TRAMP3_VA                  the trampoline page again, user-accessible: ring 3's lcall
+
+The last four are *transit* pages: mapped only while a ring change runs on them (from
+`iret_to_outer_ring`/`switch_to_ring1` until the landing back in ring 1), so guest code
+in ring 1 finds nothing there, as on Xen 4.17 where a compat guest sees nothing of Xen
+up here; the user alias is mapped only for ring 3's one far call.  The GDT and LDT
+windows stay mapped: the CPU reads descriptors through them whenever a segment register
+is loaded, and Unicorn 2.1.4 has no segment-limit checks to keep ring 1 out of them.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ GDT_WINDOW_PAGES = 16
 TRAMPOLINE_VA = 0xFFF00000
 TSS_VA = 0xFFF01000
 HV_STACK_VA = 0xFFF02000
+TRAMP3_VA = 0xFFF03000          # the trampoline page again, user-accessible (ring 3's lcall)
 GDT_LIMIT = 0xEFFF              # Xen's GDTR limit for PV vcpus (xen/arch/x86/desc.c)
 
 # Selectors in Xen's reserved GDT page.
@@ -44,7 +53,7 @@ GATE_SEL = 0xE070 | 3           # call gate to the ring-1 landing pad, usable fr
 
 # Trampoline offsets.
 TRAMP_IRET = 0x00
-TRAMP_TO_RING1 = 0x40
+TRAMP_TO_RING1 = (TRAMP3_VA - TRAMPOLINE_VA) + 0x40   # through the ring-3 alias
 TRAMP_LANDING = 0x80
 LANDING_VECTOR = 0xF0
 
@@ -53,6 +62,11 @@ TSS_ESP1 = 12
 TSS_SS1 = 16
 
 PTE_P, PTE_RW, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+PTE_NX = 1 << 63
+
+
+_TRANSIT = struct.Struct("<4Q")
+assert (TSS_VA, HV_STACK_VA, TRAMP3_VA) == tuple(TRAMPOLINE_VA + k * PAGE_SIZE for k in (1, 2, 3))
 
 
 def segment_descriptor(base: int, limit: int, access: int, flags: int = 0xC) -> int:
@@ -104,7 +118,8 @@ class PrivateArea:
             mem.zero_frame(mfn)
         tramp = bytearray(b"\xcc" * PAGE_SIZE)
         tramp[TRAMP_IRET] = 0xCF
-        tramp[TRAMP_TO_RING1:TRAMP_TO_RING1 + 7] = b"\x9a" + struct.pack("<IH", 0, GATE_SEL)
+        lcall = TRAMP_TO_RING1 & (PAGE_SIZE - 1)
+        tramp[lcall:lcall + 7] = b"\x9a" + struct.pack("<IH", 0, GATE_SEL)
         tramp[TRAMP_LANDING:TRAMP_LANDING + 2] = bytes([0xCD, LANDING_VECTOR])
         mem.write(self.trampoline_mfn << PAGE_SHIFT, bytes(tramp))
         for vcpu_id, gdt_mfn in enumerate(self.reserved_gdt_mfns):
@@ -119,13 +134,51 @@ class PrivateArea:
             for page in range(GDT_WINDOW_PAGES):
                 mfn = gdt_mfn if page == 14 else self.zero_mfn
                 self.map_private(gdt_window_va(vcpu_id) + page * PAGE_SIZE, mfn, PTE_P | PTE_A)
-        self.map_private(TRAMPOLINE_VA, self.trampoline_mfn, PTE_P | PTE_U | PTE_A)
-        self.map_private(TSS_VA, self.tss_mfn, PTE_P | PTE_A)
-        self.map_private(HV_STACK_VA, self.stack_mfn, PTE_P | PTE_RW | PTE_A | PTE_D)
+        self.transit_open()             # the boot's iret into ring 1 runs there
+
+    def transit_open(self, ring3_lcall: bool = False) -> None:
+        """Map the transit pages a ring change runs on: the trampolines, the TSS and
+        Xen's stack (supervisor), and with `ring3_lcall` the trampoline's user alias from
+        which ring 3 makes its far call.  Going from not present to present needs no TLB
+        flush."""
+        entries = self._transit_entries
+        if entries is None:
+            entries = self._transit_entries = (
+                (self.trampoline_mfn << PAGE_SHIFT) | PTE_P | PTE_A,
+                (self.tss_mfn << PAGE_SHIFT) | PTE_P | PTE_A | PTE_NX,
+                (self.stack_mfn << PAGE_SHIFT) | PTE_P | PTE_RW | PTE_A | PTE_D | PTE_NX,
+                (self.trampoline_mfn << PAGE_SHIFT) | PTE_P | PTE_U | PTE_A)
+        _TRANSIT.pack_into(self.memory.view, self._transit_maddr, entries[0], entries[1],
+                           entries[2], entries[3] if ring3_lcall else 0)
+
+    def transit_close(self) -> None:
+        """Unmap every transit page: while the guest runs in ring 1, only the GDT and LDT
+        windows of the area stay mapped (the CPU reads descriptors through them), so its
+        accesses elsewhere take Xen's not-present #PF.  The caller flushes the TLB."""
+        _TRANSIT.pack_into(self.memory.view, self._transit_maddr, 0, 0, 0, 0)
+
+    _transit_entries: tuple[int, int, int, int] | None = None
+
+    @property
+    def _transit_maddr(self) -> int:
+        """Machine address of the first transit entry in the private L1 (the four
+        transit pages are consecutive: trampolines, TSS, Xen's stack, user alias)."""
+        return (self.l1_mfn << PAGE_SHIFT) + ((TRAMPOLINE_VA - AREA_VA) >> PAGE_SHIFT) * 8
+
+    def transit_mapped(self) -> bool:
+        """True while the transit pages are mapped (between a ring change and the
+        return to guest code in ring 1)."""
+        index = (TRAMPOLINE_VA - AREA_VA) >> PAGE_SHIFT
+        return bool(self.memory.read_u64((self.l1_mfn << PAGE_SHIFT) + index * 8) & PTE_P)
 
     def map_private(self, va: int, mfn: int, flags: int) -> None:
+        """Map `mfn` at `va` in the private area; every page but the trampolines is data
+        (NX), so a guest jumping into one takes the instruction-fetch #PF it takes on
+        Xen, where nothing is mapped there."""
         index = (va - AREA_VA) >> PAGE_SHIFT
         assert 0 <= index < 512, hex(va)
+        if flags & PTE_P and va not in (TRAMPOLINE_VA, TRAMP3_VA):
+            flags |= PTE_NX
         self.memory.write_u64((self.l1_mfn << PAGE_SHIFT) + index * 8, (mfn << PAGE_SHIFT) | flags)
 
     def set_gdt_frame(self, vcpu_id: int, page: int, mfn: int | None) -> None:

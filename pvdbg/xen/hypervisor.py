@@ -280,6 +280,7 @@ class Hypervisor:
     def iret_to_outer_ring(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
         """From ring 1, resume at CS:EIP in ring 2/3 with a real iret from Xen's stack."""
         frame = self.area.write_stack_frame([eip, cs, eflags, esp, ss])
+        self.area.transit_open()               # the trampoline and Xen's stack (entry.py)
         # Xen runs with TF clear (its entry gates clear it): a TF left by the guest must not
         # single-step the trampoline's iret.
         self.cpu.write_many({"esp": frame, "eip": TRAMPOLINE_VA + TRAMP_IRET,
@@ -291,6 +292,7 @@ class Hypervisor:
         vcpu = self.current
         vcpu.ring3_return = regs = self.cpu.frame_registers()
         vcpu.after_landing = then
+        self.area.transit_open(ring3_lcall=True)
         # Xen enters from ring 3 through an interrupt gate, which clears TF; the call gate
         # does not, so a TF set by the guest would trap inside the trampoline.
         self.cpu.write_many({"eip": TRAMPOLINE_VA + TRAMP_TO_RING1,
@@ -301,6 +303,7 @@ class Hypervisor:
         saved, then = vcpu.ring3_return, vcpu.after_landing
         vcpu.ring3_return = None
         vcpu.after_landing = None
+        self.traps.close_transit()          # back to guest code in ring 1 (entry.py)
         then(saved)
 
     # -- death -------------------------------------------------------------------

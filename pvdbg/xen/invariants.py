@@ -99,6 +99,14 @@ def _holders(hv: "Hypervisor") -> Counter:
     return held
 
 
+def _grant_holders(hv: "Hypervisor") -> tuple[Counter, Counter]:
+    """(general, type) references grant mappings hold beyond their PTEs (device maps)."""
+    table = getattr(hv, "grant_table", None)
+    if table is None or not getattr(table, "maptrack", None):
+        return Counter(), Counter()
+    return table.held_references()
+
+
 def _frame_problems(mm: MemoryManager, mfn: int, want_type: int, want_general: int,
                     rw: int, rw_l2: int) -> list[str]:
     if not mm.frame_valid(mfn):
@@ -168,6 +176,9 @@ def recount_problems(hv: "Hypervisor") -> list[str]:
     held = _holders(hv)
     want_type.update(held)
     want_general.update(held)
+    grant_general, grant_typed = _grant_holders(hv)
+    want_general.update(grant_general)
+    want_type.update(grant_typed)
     for mfn in sorted(set(mm._pages) | set(want_type) | set(want_general)):
         out += _frame_problems(mm, mfn, want_type[mfn], want_general[mfn], rw[mfn], rw_l2[mfn])
     return out
@@ -244,6 +255,7 @@ class InvariantChecker:
         self._rw: Counter = Counter()
         self._rw_l2: Counter = Counter()
         self._held: Counter = Counter()
+        self._grant_held: tuple[Counter, Counter] = (Counter(), Counter())
         self._touched: set[int] = set()
         self._watch_page(hv.mm)
         self._rebuild()
@@ -268,6 +280,7 @@ class InvariantChecker:
             if _is_table(pi):
                 self._add_table(mfn, self._refs(mfn, pi))
         self._held = _holders(self.hv)
+        self._grant_held = _grant_holders(self.hv)
         self._touched.clear()
 
     def _refs(self, mfn: int, pi: PageInfo) -> TableRefs:
@@ -328,8 +341,13 @@ class InvariantChecker:
             verify.update(held)
             verify.update(self._held)
             self._held = held
+        grant_general, grant_typed = grant_held = _grant_holders(self.hv)
+        if grant_held != self._grant_held:
+            verify.update(grant_general, self._grant_held[0])
+            self._grant_held = grant_held
         for mfn in sorted(verify):
             extra = held[mfn]
-            out += _frame_problems(mm, mfn, self._typed[mfn] + extra, self._general[mfn] + extra,
+            out += _frame_problems(mm, mfn, self._typed[mfn] + extra + grant_typed[mfn],
+                                   self._general[mfn] + extra + grant_general[mfn],
                                    self._rw[mfn], self._rw_l2[mfn])
         return out + hole_problems(self.hv) + _internal_error(self.hv)

@@ -504,6 +504,10 @@ class MemoryManager:
     def put_page_from_l1e(self, pte: int) -> None:
         if not pte & PTE_P:
             return
+        if pte & PTE_GNTTAB:            # a grant mapping must be destroyed by grant_table_op
+            implicit_unmap = getattr(self.events, "implicit_grant_unmap", None)
+            if implicit_unmap is not None:
+                implicit_unmap(pte)
         mfn = pte_mfn(pte)
         if not self.frame_valid(mfn):
             return
@@ -820,11 +824,12 @@ class MemoryManager:
             self.put_page_and_type(old)
 
     # -- the domain's memory (memory_op) -----------------------------------------------------
-    def alloc_domheap_pages(self, order: int, address_bits: int = 0) -> int | None:
+    def alloc_domheap_pages(self, order: int, address_bits: int = 0,
+                            check_max: bool = True) -> int | None:
         """A naturally aligned extent of 2**order free frames for the domain, scrubbed,
-        or None (over max_pages, or no such extent)."""
+        or None (over max_pages unless `check_max` is False, or no such extent)."""
         count = 1 << order
-        if self.tot_pages + count > self.max_pages:
+        if check_max and self.tot_pages + count > self.max_pages:
             return None
         limit = 1 << (address_bits - PAGE_SHIFT) if address_bits > PAGE_SHIFT else None
         free = set(self.free_mfns)
@@ -852,6 +857,31 @@ class MemoryManager:
         if pi.allocated:
             pi.allocated = False
             self.put_page(mfn)
+        self.put_page(mfn)
+
+    def steal_refusal(self, mfn: int) -> str | None:
+        """Why steal_page() would refuse `mfn` (XENMEM_exchange's input frames): it must
+        be the domain's, allocated, and referenced by nothing but that allocation (no
+        mapping, type, pin or grant).  None when it can be taken."""
+        if not self.frame_valid(mfn):
+            return f"mfn {mfn:#x} is outside machine RAM"
+        pi = self.peek(mfn)
+        if pi.owner is not Owner.domain or pi.xen_heap:
+            return self.not_ours(mfn) if pi.owner is not Owner.domain else (
+                f"mfn {mfn:#x} is a Xen heap page shared with d{self.domid}")
+        if not pi.allocated or pi.count != 1 or pi.type_count or pi.pinned:
+            return (f"{self.describe(mfn)}: it has {pi.count} references"
+                    + (f" and {pi.type_count} type references" if pi.type_count else "")
+                    + (", pinned" if pi.pinned else "")
+                    + " (only the allocation reference may remain)")
+        return None
+
+    def release_stolen(self, mfn: int) -> None:
+        """Drop the allocation reference of a frame steal_refusal() accepted: it goes
+        back to the heap, its M2P entry invalidated."""
+        self.m2p_set(mfn, INVALID_M2P_ENTRY)
+        pi = self.page(mfn)
+        pi.allocated = False
         self.put_page(mfn)
 
     # -- invariant ----------------------------------------------------------------------------

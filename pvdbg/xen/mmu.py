@@ -436,6 +436,10 @@ class HypervisorMmEvents:
     def flush_tlb(self) -> None:
         self.hv.cpu.flush_tlb()
 
+    def implicit_grant_unmap(self, pte: int) -> None:
+        """put_page_from_l1e on a grant PTE: Xen crashes the domain."""
+        self.hv.crash_domain(f"Attempt to implicitly unmap a granted PTE {pte:#x}")
+
 
 def create_memory_manager(hv: "Hypervisor") -> MemoryManager:
     """The domain's frame table as the builder leaves it (call `boot` once descriptor
@@ -638,6 +642,120 @@ def _reservation(ctx: "HypercallContext", arg: int, start: int, op: XenMem) -> i
     return done
 
 
+MAX_ORDER = 20                  # the page allocator's largest order (xen/include/xen/mm.h)
+EXCHANGE_SIZE = 44              # compat xen_memory_exchange: in, out, nr_exchanged
+EXCHANGE_NR_EXCHANGED = 40
+
+
+def _exchange(ctx: "HypercallContext", arg: int, start: int) -> int:
+    """XENMEM_exchange through compat_memory_op: give the domain's frames in `in` back
+    and get freshly allocated ones for `out`, in chunks of equal size; each chunk is
+    all-or-nothing and nr_exchanged (in input extents) reports the progress.  For a PV
+    guest the lists hold MFNs: `in` names the frames to give up (each referenced only
+    by its allocation), `out` holds the PFNs the new frames' M2P entries are set to and
+    receives their MFNs.  ABI: xen/common/compat/memory.c (XENMEM_exchange checks),
+    xen/common/memory.c memory_exchange, xen/arch/x86/mm.c steal_page,
+    xen/include/public/memory.h struct xen_memory_exchange."""
+    if start:
+        raise fail(Errno.ENOSYS, "XENMEM_exchange takes no continuation bits")
+    mm: MemoryManager = ctx.hv.mm
+    data = ctx.guest.read(arg, EXCHANGE_SIZE)
+    xin = MemoryReservation32.from_bytes(data[0:20])
+    xout = MemoryReservation32.from_bytes(data[20:40])
+    done = struct.unpack_from("<I", data, EXCHANGE_NR_EXCHANGED)[0]
+    delta = xout.extent_order - xin.extent_order
+    if (done > xin.nr_extents
+            or (delta > 0 and done & ((1 << delta) - 1))
+            or xin.extent_order >= 32 or xout.extent_order >= 32
+            or (0xFFFFFFFF >> xin.extent_order) < xin.nr_extents
+            or (0xFFFFFFFF >> xout.extent_order) < xout.nr_extents
+            or xin.nr_extents << xin.extent_order != xout.nr_extents << xout.extent_order):
+        raise fail(Errno.EINVAL, f"in {xin.nr_extents} x order {xin.extent_order}, out "
+                                 f"{xout.nr_extents} x order {xout.extent_order}, "
+                                 f"nr_exchanged {done}: the lists do not match")
+    if not handle_okay(xin.extent_start, xin.nr_extents, 4) or \
+            not handle_okay(xout.extent_start, xout.nr_extents, 4):
+        raise fail(Errno.EFAULT, "an extent list reaches the hypervisor hole")
+
+    def report(count: int) -> None:
+        ctx.guest.write_u32(arg + EXCHANGE_NR_EXCHANGED, count)
+
+    if xin.domid != xout.domid or max(xin.extent_order, xout.extent_order) > MAX_ORDER:
+        report(done)
+        raise fail(Errno.EINVAL, f"domids d{xin.domid}/d{xout.domid} or orders "
+                                 f"{xin.extent_order}/{xout.extent_order} not acceptable")
+    if max(xin.extent_order, xout.extent_order) > DOMU_MAX_ORDER:
+        report(done)
+        raise fail(Errno.EPERM, f"extent order above {DOMU_MAX_ORDER}: multi-page extents "
+                                "that large need I/O memory permissions")
+    if not _domain_by_any_id(ctx, xin.domid):
+        report(done)
+        raise fail(Errno.ESRCH, f"no domain d{xin.domid}")
+    in_chunk = max(0, delta)            # input extents per chunk: 2**in_chunk
+    out_chunk = max(0, -delta)          # output extents per chunk: 2**out_chunk
+    address_bits = xout.mem_flags & 0xFF
+    rc = 0
+    chunk = done >> in_chunk
+    for chunk in range(done >> in_chunk, xin.nr_extents >> in_chunk):
+        stolen: list[int] = []
+        allocated: list[int] = []
+        try:
+            for j in range(1 << in_chunk):
+                slot = xin.extent_start + ((chunk << in_chunk) + j) * 4
+                try:
+                    gmfn = ctx.guest.read_u32(slot)
+                except GuestFault as fault:
+                    raise fail(Errno.EFAULT, f"input extent list: {fault}") from None
+                for k in range(1 << xin.extent_order):
+                    mfn = gmfn + k
+                    why = mm.steal_refusal(mfn) if mfn not in stolen else \
+                        f"mfn {mfn:#x} is listed twice"
+                    if why is not None:
+                        raise fail(Errno.EINVAL, f"input mfn {mfn:#x}: {why}")
+                    stolen.append(mfn)
+            for j in range(1 << out_chunk):
+                mfn = None
+                if not 0 < address_bits <= PAGE_SHIFT:
+                    mfn = mm.alloc_domheap_pages(xout.extent_order, address_bits,
+                                                 check_max=False)
+                if mfn is None:
+                    raise fail(Errno.ENOMEM, f"no free order-{xout.extent_order} extent"
+                                             + (f" below {address_bits} address bits"
+                                                if address_bits else ""))
+                allocated.append(mfn)
+        except HypercallError as err:
+            for mfn in allocated:
+                for k in range(1 << xout.extent_order):
+                    mm.release_stolen(mfn + k)
+            report(chunk << in_chunk)
+            ctx.note(f"chunk {chunk}: {err.why}; {chunk << in_chunk} input extents exchanged")
+            raise
+        for mfn in stolen:
+            mm.release_stolen(mfn)
+        for j, mfn in enumerate(allocated):
+            slot = xout.extent_start + ((chunk << out_chunk) + j) * 4
+            try:
+                gpfn = ctx.guest.read_u32(slot)
+            except GuestFault as fault:
+                ctx.note(f"output extent list: {fault}")
+                rc = -Errno.EFAULT
+                continue
+            for k in range(1 << xout.extent_order):
+                mm.m2p_set(mfn + k, (gpfn + k) & 0xFFFFFFFF)
+            try:
+                ctx.guest.write_u32(slot, mfn)
+            except GuestFault as fault:
+                ctx.note(f"output extent list: {fault}")
+                rc = -Errno.EFAULT
+        ctx.note(f"chunk {chunk}: " + ",".join(f"{m:#x}" for m in stolen) + " -> "
+                 + ",".join(f"{m:#x}" for m in allocated))
+    try:
+        report(xin.nr_extents)
+    except GuestFault:
+        rc = -Errno.EFAULT
+    return rc
+
+
 def _stat(ctx: "HypercallContext", arg: int, start: int, op: XenMem) -> int:
     if start:
         raise fail(Errno.EINVAL, "no continuation for this operation")
@@ -733,6 +851,7 @@ _MEMORY_OPS: dict[int, Callable[["HypercallContext", int, int], int]] = {
     XenMem.decrease_reservation: lambda c, a, s: _reservation(c, a, s, XenMem.decrease_reservation),
     XenMem.populate_physmap: lambda c, a, s: _reservation(c, a, s, XenMem.populate_physmap),
     XenMem.maximum_ram_page: _maximum_ram_page,
+    XenMem.exchange: _exchange,
     XenMem.current_reservation: lambda c, a, s: _stat(c, a, s, XenMem.current_reservation),
     XenMem.maximum_reservation: lambda c, a, s: _stat(c, a, s, XenMem.maximum_reservation),
     XenMem.maximum_gpfn: lambda c, a, s: _stat(c, a, s, XenMem.maximum_gpfn),

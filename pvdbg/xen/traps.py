@@ -20,12 +20,14 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
 from ..machine.cpu import CR0_TS
 from ..trace import TraceKind, TraceRecord
 from .abi import TrapInfo32
 from .constants import FLAT_RING1_DS, FLAT_RING3_DS, Hc, Vmasst
-from .entry import (HV_STACK_VA, LANDING_VECTOR, TRAMP_IRET, TRAMP_LANDING, TRAMP_TO_RING1,
-                    TRAMPOLINE_VA)
+from .entry import (AREA_VA, HV_STACK_VA, LANDING_VECTOR, TRAMP3_VA, TRAMP_IRET,
+                    TRAMP_LANDING, TRAMP_TO_RING1, TRAMPOLINE_VA)
 from .guestmem import GuestFault
 from .hypercalls import HYPERCALLS, Param
 from .pvvcpu import EMPTY_TRAP, NR_VECTORS, PvVcpu
@@ -42,6 +44,7 @@ EFLAGS_IOPL = 3 << 12
 EFLAGS_NT = 1 << 14
 EFLAGS_RF = 1 << 16
 EFLAGS_VM = 1 << 17
+PFEC_PRESENT = 1 << 0
 PFEC_USER = 1 << 2
 PFEC_INSN_FETCH = 1 << 4
 LCALL_SIZE = 7                      # the trampoline's `lcall $GATE_SEL, $0`
@@ -50,7 +53,7 @@ TRAP_INVALID_OP, TRAP_NO_DEVICE, TRAP_DOUBLE_FAULT = 6, 7, 8
 TRAP_GP, TRAP_PF = 13, 14
 LEGACY_SYSCALL_VECTOR = 0x80
 HYPERCALL_VECTOR = 0x82
-TRAMPOLINE_END = TRAMPOLINE_VA + 0x1000
+TRAMPOLINE_END = TRAMP3_VA + 0x1000   # the trampoline page through its ring-3 alias
 _FLAT_STACKS = (FLAT_RING1_DS, FLAT_RING3_DS)
 
 TRAP_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
@@ -99,6 +102,11 @@ class Traps:
         self.delivered = 0
         self.in_code_hook = False       # delivering from a Unicorn code hook (debugregs)
         self.pending: list[tuple] = []  # exceptions owed from hooks (see `pend`)
+        from .gate_op import GateOps
+        self.gates = GateOps(hv)        # #GP(selector): call-gate emulation
+        # The boot's iret into ring 1 has run: the transit pages leave the guest's reach.
+        self.close_transit()
+        self._absorb_first_uncounted_start()
 
     def pv(self, vcpu: "Vcpu") -> PvVcpu:
         return self.pv_vcpus[vcpu.vcpu_id]
@@ -301,8 +309,12 @@ class Traps:
         hv.cpu.write_many(values)
 
     # -- exceptions from the CPU --------------------------------------------------------
+    _absorbing = False
+
     def exception(self, vector: int) -> None:
         """A fault or software interrupt the CPU raised in guest context."""
+        if self._absorbing:
+            return
         hv = self.hv
         cpu = hv.cpu
         regs = cpu.frame_registers()
@@ -325,15 +337,23 @@ class Traps:
             fixup = getattr(hv, "fixup_page_fault", None)
             if fixup is not None and fixup(cr2, error_code):
                 return
-            self.inject(TRAP_PF, frame, error_code=error_code, cr2=cr2)
+            detail = ""
+            if cr2 >= AREA_VA:
+                # pvdbg's private area: on Xen 4.17 nothing is mapped there for a 32-bit
+                # guest, so the guest's fault is a not-present one.
+                error_code &= ~PFEC_PRESENT
+                detail = "pvdbg's private area, where Xen maps nothing for a PV guest"
+            self.inject(TRAP_PF, frame, error_code=error_code, cr2=cr2, detail=detail)
         elif vector == TRAP_GP:
             refused = ""
             if error_code == 0:
                 refused = hv.emulator.emulate(frame, regs)
                 if refused is None:
                     return
-            gate = getattr(hv, "emulate_gate_op", None)
-            if error_code and gate is not None and gate(frame, error_code):
+            if error_code and not error_code & 3:
+                # A selector error code from a 32-bit guest: Xen's gate-op emulation,
+                # which injects the #GP itself when no call gate was used.
+                self.gates.emulate(frame, error_code)
                 return
             self.inject(TRAP_GP, frame, error_code=error_code, detail=refused)
         elif vector == TRAP_NO_DEVICE:
@@ -364,9 +384,39 @@ class Traps:
             pv.cr0_ts = False
             self.inject(TRAP_NO_DEVICE, frame, detail="virtual CR0.TS was set: cleared")
 
+    def _absorb_first_uncounted_start(self) -> None:
+        """Unicorn's first emu_start without an instruction count (clock="host") drops the
+        boot's count hook and, doing so, fetches at the address the boot's counted run
+        began -- the trampoline, now unmapped: a #PF that sets CR2 and stays in flight
+        (unicorn issue 1883) so the guest's next fault would become #DF.  Take that start
+        here, stopping before any instruction, and undo its traces."""
+        hv = self.hv
+        cpu = hv.cpu
+        uc = cpu.uc
+        regs = cpu.read_many(("eip", "cr2"))
+        hv.traps = self                 # the hook reaches `exception`, which ignores it
+        self._absorbing = True
+        uc.ctl_set_exits([regs["eip"]])
+        try:
+            uc.emu_start(regs["eip"], 0, count=0)
+        finally:
+            uc.ctl_set_exits([])
+            self._absorbing = False
+        cpu.clear_exception_in_flight()
+        cpu.write_many({"cr2": regs["cr2"], "eip": regs["eip"]})
+
+    def close_transit(self) -> None:
+        """Unmap the transit pages (entry.py) now that the vcpu runs guest code in ring 1,
+        dropping the CPU's cached translations of them (a raw TLB flush: nothing else
+        changed, so pvdbg's own guest-memory cache stays)."""
+        self.hv.area.transit_close()
+        self.hv.cpu.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
     def _fault_in_trampoline(self, vector: int, frame: GuestFrame, pv: PvVcpu) -> None:
         hv = self.hv
-        if frame.eip == TRAMPOLINE_VA + TRAMP_IRET and pv.outer_iret is not None:
+        self.close_transit()            # whatever follows runs the guest in ring 1
+        if (frame.eip == TRAMPOLINE_VA + TRAMP_IRET and pv.outer_iret is not None
+                and frame.ring == 1):
             target, pv.outer_iret = pv.outer_iret, None
             error_code = hv.cpu.exception_error_code() if vector in VECTORS_WITH_ERROR_CODE else 0
             hv.callbacks.failsafe_after_iret(target, "iret", error_code, None, vector=vector)
