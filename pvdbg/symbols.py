@@ -1,9 +1,14 @@
-"""Symbol and source-line lookup for a guest kernel image.
+"""Symbol and source-line lookup for a guest kernel image (32- or 64-bit ELF).
 
 Symbols come from the ELF .symtab (or .dynsym when there is no .symtab) and use
-link-time virtual addresses. Source lines come from DWARF .debug_line, read
-lazily on the first `line_for` call. Broken or missing tables give an empty
-answer, never an exception.
+link-time virtual addresses. Source lines come from DWARF .debug_line, read lazily:
+when the ELF has .debug_aranges (gcc emits it; Debian's vmlinux has it), `line_for`
+finds the one compile unit covering the address there and parses only that unit's line
+program, cached per unit, so a 600 MB vmlinux answers its first lookup in about a
+second; without aranges every line program is read on the first `line_for`. DWARF
+relocations are applied only for relocatable objects (ET_REL): a linked kernel keeps
+.rela.debug_* sections (--emit-relocs) whose targets are already resolved. Broken or
+missing tables give an empty answer, never an exception.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
     from elftools.elf.elffile import ELFFile
 
 __all__ = ["SymbolKind", "Symbol", "LineRow", "SymbolTable"]
+
+_ET_REL = "ET_REL"
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,8 @@ class SymbolTable:
 
     def __init__(self, symbols: Iterable[Symbol] = (),
                  line_rows: Callable[[], Iterable[LineRow]] | None = None,
-                 *, load_error: str | None = None) -> None:
+                 *, load_error: str | None = None,
+                 line_index: _DwarfLineIndex | None = None) -> None:
         self.load_error = load_error          # why the symbols could not be read, if so
         self.line_error: str | None = None    # why the line table could not be read, if so
         ordered = sorted(symbols, key=lambda s: (s.address, _rank(s)))
@@ -100,6 +108,7 @@ class SymbolTable:
         self._line_lock = threading.Lock()
         self._line_addresses: list[int] | None = None
         self._line_rows: list[LineRow] = []
+        self._line_index = line_index
 
     @classmethod
     def empty(cls) -> SymbolTable:
@@ -119,8 +128,34 @@ class SymbolTable:
             load_error = f"symbol table unreadable ({type(exc).__name__}: {exc})"
             log.info("%s", load_error)
             symbols = []
+        line_index = None
+        try:
+            if elffile.get_section_by_name(".debug_aranges") is not None:
+                line_index = _DwarfLineIndex(elffile)
+        except Exception:  # unreadable section names: fall back to reading every row
+            line_index = None
         return cls(symbols, line_rows=lambda: _read_dwarf_line_rows(elffile),
-                   load_error=load_error)
+                   load_error=load_error, line_index=line_index)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> SymbolTable:
+        """Symbols of the ELF file at `path` (e.g. a -dbg vmlinux), lines read lazily.
+
+        The file stays open for the line lookups (read in place, never loaded whole).
+        A file that is no ELF gives an empty table with `load_error` set.
+        """
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+        try:
+            stream = open(path, "rb")
+        except OSError as exc:
+            return cls(load_error=f"cannot read {os.fspath(path)}: {exc.strerror or exc}")
+        try:
+            elffile = ELFFile(stream)
+        except (ELFError, ValueError, OSError, EOFError) as exc:
+            stream.close()
+            return cls(load_error=f"{os.fspath(path)} is no readable ELF file ({exc})")
+        return cls.from_elf(elffile)
 
     def __len__(self) -> int:
         return len(self._symbols)
@@ -163,11 +198,22 @@ class SymbolTable:
 
     def line_for(self, address: int) -> tuple[str, int] | None:
         """(source file, line) for `address` from DWARF .debug_line, or None."""
-        addresses = self._line_table()
+        if self._line_index is not None:
+            with self._line_lock:
+                table = self._line_index.table_for(address)
+                if self._line_index.error is not None and self.line_error is None:
+                    self.line_error = self._line_index.error
+                    log.info("%s", self.line_error)
+            if table is None:
+                return None
+            addresses, rows = table
+        else:
+            addresses = self._line_table()
+            rows = self._line_rows
         index = bisect_right(addresses, address) - 1
         if index < 0:
             return None
-        row = self._line_rows[index]
+        row = rows[index]
         if row.line is None or row.line == 0:
             return None
         return row.file, row.line
@@ -240,29 +286,102 @@ def _read_elf_symbols(elffile: ELFFile) -> list[Symbol]:
     return symbols
 
 
+def _dwarf_info(elffile: ELFFile):
+    """pyelftools' DWARFInfo, relocating the debug sections only for ET_REL objects."""
+    return elffile.get_dwarf_info(relocate_dwarf_sections=elffile["e_type"] == _ET_REL)
+
+
 def _read_dwarf_line_rows(elffile: ELFFile) -> list[LineRow]:
     """Every row of every line program in .debug_line, with file names resolved."""
     if not elffile.has_dwarf_info():
         return []
-    dwarf = elffile.get_dwarf_info()
+    dwarf = _dwarf_info(elffile)
     rows: list[LineRow] = []
     for unit in dwarf.iter_CUs():
-        program = dwarf.line_program_for_CU(unit)
-        if program is None:
-            continue
-        file_names = _line_program_file_names(program, _compilation_directory(unit))
-        first_index = 0 if program["version"] >= 5 else 1
-        for entry in program.get_entries():
-            state = entry.state
-            if state is None:
-                continue
-            if state.end_sequence:
-                rows.append(LineRow(state.address, "", None))
-                continue
-            slot = state.file - first_index
-            file_name = file_names[slot] if 0 <= slot < len(file_names) else "??"
-            rows.append(LineRow(state.address, file_name, state.line))
+        rows.extend(_unit_line_rows(dwarf, unit))
     return rows
+
+
+def _unit_line_rows(dwarf, unit) -> list[LineRow]:
+    """The rows of one compile unit's line program (none when it has no program)."""
+    program = dwarf.line_program_for_CU(unit)
+    if program is None:
+        return []
+    file_names = _line_program_file_names(program, _compilation_directory(unit))
+    first_index = 0 if program["version"] >= 5 else 1
+    rows: list[LineRow] = []
+    for entry in program.get_entries():
+        state = entry.state
+        if state is None:
+            continue
+        if state.end_sequence:
+            rows.append(LineRow(state.address, "", None))
+            continue
+        slot = state.file - first_index
+        file_name = file_names[slot] if 0 <= slot < len(file_names) else "??"
+        rows.append(LineRow(state.address, file_name, state.line))
+    return rows
+
+
+class _DwarfLineIndex:
+    """Line tables of one ELF, a compile unit at a time: .debug_aranges names the unit
+    covering an address, whose line program is parsed on first use and kept.  The caller
+    serialises calls.  `error` holds the first failure (the failing unit answers None)."""
+
+    def __init__(self, elffile: ELFFile) -> None:
+        self._elffile = elffile
+        self._dwarf = None
+        self._starts: list[int] = []
+        self._ranges: list[tuple[int, int, int]] = []     # (begin, end, unit offset)
+        self._opened = False
+        self._tables: dict[int, tuple[list[int], list[LineRow]] | None] = {}
+        self.error: str | None = None
+
+    def _open(self) -> None:
+        self._opened = True
+        try:
+            self._dwarf = _dwarf_info(self._elffile)
+            aranges = self._dwarf.get_aranges()
+            entries = [] if aranges is None else aranges.entries
+            ranges = sorted((e.begin_addr, e.begin_addr + e.length, e.info_offset)
+                            for e in entries if e.length > 0)
+        except Exception as exc:  # broken DWARF: no line info, not a crash
+            self._dwarf = None
+            self.error = f"DWARF line table unreadable ({type(exc).__name__}: {exc})"
+            return
+        self._ranges = ranges
+        self._starts = [begin for begin, _, _ in ranges]
+
+    def unit_offset(self, address: int) -> int | None:
+        """The .debug_info offset of the compile unit whose aranges cover `address`."""
+        if not self._opened:
+            self._open()
+        index = bisect_right(self._starts, address) - 1
+        # A zero-length or nested range may hide the one before it: look back one.
+        for candidate in (index, index - 1):
+            if candidate >= 0:
+                begin, end, offset = self._ranges[candidate]
+                if begin <= address < end:
+                    return offset
+        return None
+
+    def table_for(self, address: int) -> tuple[list[int], list[LineRow]] | None:
+        """(row addresses, rows) of the unit covering `address`, sorted, or None."""
+        offset = self.unit_offset(address)
+        if offset is None or self._dwarf is None:
+            return None
+        if offset not in self._tables:
+            try:
+                rows = _unit_line_rows(self._dwarf, self._dwarf.get_CU_at(offset))
+            except Exception as exc:  # one broken unit costs its own lines only
+                if self.error is None:
+                    self.error = (f"DWARF line table of the unit at {offset:#x} unreadable "
+                                  f"({type(exc).__name__}: {exc})")
+                self._tables[offset] = None
+                return None
+            rows.sort(key=lambda r: (r.address, r.line is not None))
+            self._tables[offset] = ([r.address for r in rows], rows)
+        return self._tables[offset]
 
 
 def _compilation_directory(unit) -> str:

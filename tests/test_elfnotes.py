@@ -537,3 +537,63 @@ def test_gcc_built_notes_only_in_a_non_alloc_section(tmp_path):
     notes = parse_xen_notes(elffile, data)
     assert notes.source == "notes" and notes.guest_os == "XTF"
     assert notes.entry == elffile.header["e_entry"]
+
+
+# A 64-bit image shaped like Linux 6.1's xen-head.S: quad-sized addresses, INIT_P2M,
+# PHYS32_ENTRY and no HYPERCALL_PAGE (gone since the XSA-466 backports).
+LINUX64_NOTES = [
+    xen_str(N.GUEST_OS, "linux"),
+    xen_str(N.GUEST_VERSION, "2.6"),
+    xen_str(N.XEN_VERSION, "xen-3.0"),
+    xen_num(N.VIRT_BASE, 0xFFFFFFFF80000000, 8),
+    xen_num(N.INIT_P2M, 1 << 39, 8),
+    xen_num(N.ENTRY, 0xFFFFFFFF81001000, 8),
+    note(b"Xen", N.FEATURES, b"!writable_page_tables|pae_pgdir_above_4gb"),
+    xen_num(N.SUPPORTED_FEATURES, (1 << 0) | (1 << 11) | (1 << 15)),
+    xen_str(N.PAE_MODE, "yes"),
+    xen_str(N.LOADER, "generic"),
+    note(b"Xen", N.L1_MFN_VALID, struct.pack("<2Q", 1, 1)),
+    xen_num(N.SUSPEND_CANCEL, 1),
+    xen_num(N.MOD_START_PFN, 1),
+    xen_num(N.HV_START_LOW, 0xFFFF800000000000, 8),
+    xen_num(N.PADDR_OFFSET, 0, 8),
+    xen_num(N.PHYS32_ENTRY, 0x1000850),
+]
+
+
+def test_linux_6_1_x86_64_notes():
+    data = build_elf([kernel_segment(paddr=0x1000000, vaddr=0xFFFFFFFF81000000),
+                      Seg(PT_NOTE, b"".join(LINUX64_NOTES), flags=4)], elfclass=64,
+                     entry=0x1000000)
+    notes = notes_of(data)
+    assert notes.source == "notes" and notes.bootable
+    assert notes.virt_base == 0xFFFFFFFF80000000 and notes.paddr_offset == 0
+    assert notes.entry == 0xFFFFFFFF81001000 and notes.hypercall_page is None
+    assert notes.init_p2m == 1 << 39 and notes.hv_start_low == 0xFFFF800000000000
+    assert notes.phys32_entry == 0x1000850
+    assert notes.supported_features == 0x8801
+    assert notes.supported_mask == 0x8801 | (1 << 4)       # plus FEATURES' names
+    assert notes.required_mask == 1 and notes.required_features == ("writable_page_tables",)
+    assert notes.l1_mfn_valid == ((1, 1),) and notes.suspend_cancel and notes.mod_start_pfn
+    assert notes.pae == PaeMode.EXTCR3
+    # FEATURES is .ascii: the padding ends the string, with a warning.
+    assert notes.features == ("writable_page_tables", "pae_pgdir_above_4gb")
+    assert [w for w in notes.warnings if "FEATURES" in w]
+    assert [name for _, name, _ in notes.notes] == [
+        "GUEST_OS", "GUEST_VERSION", "XEN_VERSION", "VIRT_BASE", "INIT_P2M", "ENTRY",
+        "FEATURES", "SUPPORTED_FEATURES", "PAE_MODE", "LOADER", "L1_MFN_VALID",
+        "SUSPEND_CANCEL", "MOD_START_PFN", "HV_START_LOW", "PADDR_OFFSET", "PHYS32_ENTRY"]
+
+
+def test_other_owners_are_listed_once_each():
+    notes = notes_of(linux_like([note(b"GNU", 3, b"\xaa" * 20), *LINUX_NOTES,
+                                 note(b"GNU", 1, b"\0" * 16), note(b"Linux", 6, b"x\0")]))
+    assert notes.other_owners == ("GNU", "Linux")
+    assert notes_of(linux_like()).other_owners == ()
+
+
+def test_legacy_hypercall_page_gets_virt_base_whatever_the_order():
+    # libelf adds VIRT_BASE after reading every item, so it may come later in the string.
+    notes = legacy(b"GUEST_OS=GNU Mach,XEN_VER=xen-3.0,LOADER=generic,HYPERCALL_PAGE=0x2,"
+                   b"VIRT_BASE=0x40000000\0")
+    assert notes.hypercall_page == 0x40002000 and notes.paddr_offset == 0x40000000

@@ -539,3 +539,24 @@ def test_unreadable_symbol_table_becomes_a_warning(guests):
     image = load_guest_image(bytes(data))
     assert len(image.symbols) == 0
     assert any(w.startswith("symbol table unreadable") for w in image.warnings)
+
+
+def test_gzip_compressed_kernel_is_inflated_first(guests):
+    """libxc's xc_dom_kernel_file gunzips a kernel file (GNU Mach ships as .gz)."""
+    import gzip
+    raw = guests["gnumach"].read_bytes()
+    packed = gzip.compress(raw)
+    assert peek_elf_class(packed) == 32
+    assert load_guest_image(packed).notes == load_guest_image(raw).notes
+
+
+@pytest.mark.parametrize("blob,why", [
+    (b"\x1f\x8b\x08\x00garbage-after-a-gzip-magic", "gzip-compressed kernel is corrupt"),
+    (None, "ends inside the compressed stream"),
+])
+def test_bad_gzip_kernels(guests, blob, why):
+    import gzip
+    if blob is None:
+        blob = gzip.compress(guests["gnumach"].read_bytes())[:200]
+    with pytest.raises(BadGuestImage, match=why):
+        load_guest_image(blob, name="k.gz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -295,3 +296,91 @@ def test_line_table_built_once_across_threads():
         thread.join()
     assert calls == [1]
     assert results == [("a.c", 1)] * 8
+
+
+# --------------------------------------------------------------------------- 64-bit, lazy lines
+
+def without_aranges(path: Path) -> bytes:
+    """The ELF with .debug_aranges renamed, so only the read-everything path is left."""
+    data = bytearray(path.read_bytes())
+    elffile = ELFFile(io.BytesIO(bytes(data)))
+    names = elffile.get_section(elffile["e_shstrndx"])
+    section = elffile.get_section_by_name(".debug_aranges")
+    at = names["sh_offset"] + section["sh_name"]
+    assert data[at:at + 14] == b".debug_aranges"
+    data[at:at + 14] = b".debug_arangez"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("build", ["dwarf5", "dwarf4", "x86_64"])
+def test_unit_index_and_full_read_agree(built, build):
+    indexed = table_of(built[build])
+    assert indexed._line_index is not None                 # gcc emits .debug_aranges
+    full = SymbolTable.from_elf(ELFFile(io.BytesIO(without_aranges(built[build]))))
+    assert full._line_index is None
+    first = indexed.address("add_one")
+    last = next(s for s in indexed if s.name == "start")
+    for address in range(first - 4, last.address + last.size + 4):
+        assert indexed.line_for(address) == full.line_for(address), hex(address)
+
+
+def test_x86_64_symbols_and_lines_from_path(built):
+    path = built["x86_64"]
+    symbols = SymbolTable.from_path(path)
+    start = next(s for s in symbols if s.name == "start")
+    assert start.kind == SymbolKind.FUNC and start.size > 0 and start.is_global
+    assert symbols.format(start.address + 1) == "start+0x1"
+    assert symbols.line_for(start.address) == addr2line(path, [start.address])[0]
+    assert symbols.line_for(0x10) is None                  # outside every unit's aranges
+
+
+def test_from_path_problems_are_reported_not_raised(tmp_path):
+    missing = SymbolTable.from_path(tmp_path / "nope")
+    assert len(missing) == 0 and missing.load_error.startswith("cannot read")
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not an elf at all" * 4)
+    table = SymbolTable.from_path(junk)
+    assert len(table) == 0 and "no readable ELF" in table.load_error
+    assert table.line_for(0x1000) is None
+
+
+def test_relocatable_object_lines_are_relocated(tmp_path):
+    """An ET_REL object's DWARF needs its relocations applied (a linked kernel's does not)."""
+    source = tmp_path / "obj.c"
+    source.write_text(SOURCE)
+    obj = tmp_path / "obj.o"
+    subprocess.run(["gcc", "-m64", "-O0", "-g", "-ffreestanding", "-c", "-o", str(obj),
+                    str(source)], check=True, capture_output=True)
+    symbols = SymbolTable.from_path(obj)
+    start = symbols.address("start")
+    file_name, line = symbols.line_for(start)
+    assert file_name.endswith("obj.c")
+    assert SOURCE.splitlines()[line - 2:line] == ["void start(void)", "{"]
+
+
+@pytest.mark.slow
+def test_debian_vmlinux_symbols_and_lines():
+    """Debian's DWARF vmlinux (the -dbg package, ~600 MB): symbols in well under a
+    second, the first line lookup in a few seconds, later ones in the same unit at once.
+    Run with PVDBG_SLOW=1 (downloads ~270 MiB once)."""
+    import time
+    from debian_kernel import fetch_debian_vmlinux_dbg
+    path = fetch_debian_vmlinux_dbg().path
+    began = time.monotonic()
+    symbols = SymbolTable.from_path(path)
+    loaded = time.monotonic() - began
+    assert len(symbols) > 100_000 and loaded < 5
+    start_kernel = symbols.address("xen_start_kernel")
+    startup = symbols.address("startup_xen")
+    assert start_kernel >> 32 == 0xFFFFFFFF and startup >> 32 == 0xFFFFFFFF
+    began = time.monotonic()
+    file_name, line = symbols.line_for(start_kernel)
+    first = time.monotonic() - began
+    assert file_name.endswith("arch/x86/xen/enlighten_pv.c") and line > 0 and first < 20
+    began = time.monotonic()
+    assert symbols.line_for(start_kernel + 4) is not None
+    assert time.monotonic() - began < 0.1
+    asm_file, _ = symbols.line_for(startup)        # head_64.S includes xen-head.S
+    assert os.path.normpath(asm_file).endswith("arch/x86/xen/xen-head.S")
+    print(f"vmlinux {path.stat().st_size >> 20} MiB: {len(symbols)} symbols in {loaded:.2f} s, "
+          f"first line lookup {first:.2f} s")

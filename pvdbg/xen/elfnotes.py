@@ -175,6 +175,9 @@ class XenNotes:
     notes: tuple[tuple[int | None, str, NoteValue], ...]
     warnings: tuple[str, ...]
     errors: tuple[str, ...]
+    # Owners of the other notes in the areas read ("GNU", GNU Mach's "name", ...), each
+    # once: libelf skips every note whose owner is not "Xen".
+    other_owners: tuple[str, ...] = ()
 
     @property
     def bootable(self) -> bool:
@@ -338,6 +341,7 @@ class _Collector:
         self.warnings: list[str] = []
         self.errors: list[str] = []
         self.total_notes = 0
+        self.other_owners: list[str] = []
 
     def add_features(self, text: str) -> None:
         """elf_xen_parse_features: '|'-separated names, '!' marks a required one."""
@@ -472,6 +476,8 @@ def _scan_notes(col: _Collector, data: bytes, start: int, end: int, order: str,
                 col.warnings.append(f"{where}: note {_type_name(note_type)} runs past "
                                     "the end of its notes area")
             _parse_one_note(col, note_type, desc, descsz, order, where)
+        elif owner not in col.other_owners:
+            col.other_owners.append(owner)
         position = following
     return xen_notes
 
@@ -655,4 +661,5 @@ def parse_xen_notes(elffile: ELFFile, data: bytes) -> XenNotes:
         notes=tuple(col.notes),
         warnings=tuple(col.warnings),
         errors=tuple(col.errors),
+        other_owners=tuple(col.other_owners),
     )

@@ -3,8 +3,9 @@
 Checks follow Xen's libelf and libxc: xen/common/libelf/libelf-loader.c (elf_init,
 elf_parse_binary, elf_phdr_is_loadable), libelf-dominfo.c (elf_xen_parse,
 elf_xen_addr_calc_check) and tools/libs/guest/xg_dom_elfloader.c,
-xg_dom_core.c (xc_dom_alloc_segment), plus sanity limits of our own (1 GiB
-image span, no overlapping segments). Every problem with the input is reported
+xg_dom_core.c (xc_dom_kernel_file: a gzip file is inflated first;
+xc_dom_alloc_segment), plus sanity limits of our own (1 GiB image span, no
+overlapping segments). Every problem with the input is reported
 as BadGuestImage with a one-line message.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from enum import IntFlag
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from elftools.common.exceptions import DWARFError, ELFError
 from elftools.elf.elffile import ELFFile
 
 from pvdbg.symbols import SymbolTable
-from pvdbg.xen.bzimage import unwrap_kernel
+from pvdbg.xen.bzimage import MAX_KERNEL_BYTES, unwrap_kernel
 from pvdbg.xen.elfnotes import (
     PT_LOAD,
     BadElfTable,
@@ -51,6 +53,7 @@ PAGE_SIZE = 4096
 MAX_IMAGE_SPAN = 1 << 30   # refuse kernels whose loaded span exceeds 1 GiB
 
 _ELF_MAGIC = b"\x7fELF"
+_GZIP_MAGIC = b"\x1f\x8b"
 _ELFCLASS32, _ELFCLASS64 = 1, 2
 _ELFDATA2LSB = 1
 _EHDR_SIZE = {32: 52, 64: 64}
@@ -151,6 +154,24 @@ def _read_source(source: Source, name: str | None) -> tuple[bytes, str]:
         raise BadGuestImage(label, f"cannot read: {exc.strerror or exc}") from exc
 
 
+def _gunzip_kernel(data: bytes, name: str) -> bytes:
+    """A gzip-compressed kernel file inflated, as libxc's xc_dom_kernel_file does before
+    looking at it (GNU Mach's Xen image ships as .gz); anything else unchanged."""
+    if not data.startswith(_GZIP_MAGIC):
+        return data
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, MAX_KERNEL_BYTES + 1)
+    except zlib.error as exc:
+        raise BadGuestImage(name, f"gzip-compressed kernel is corrupt: {exc}") from exc
+    if len(out) > MAX_KERNEL_BYTES:
+        raise BadGuestImage(name, f"gzip-compressed kernel inflates to more than "
+                                  f"{MAX_KERNEL_BYTES} bytes")
+    if not inflater.eof:
+        raise BadGuestImage(name, "gzip-compressed kernel ends inside the compressed stream")
+    return out
+
+
 def _identify(data: bytes, name: str) -> int:
     """ELF class (32/64) of `data`; BadGuestImage if it is no x86-usable ELF."""
     if len(data) < 16 or data[:4] != _ELF_MAGIC:
@@ -173,7 +194,7 @@ def peek_elf_class(source: Source, *, name: str | None = None) -> int:
     Raises BadGuestImage when the file can't be read or is no little-endian ELF.
     """
     data, label = _read_source(source, name)
-    return _identify(unwrap_kernel(data, name=label), label)
+    return _identify(unwrap_kernel(_gunzip_kernel(data, label), name=label), label)
 
 
 def load_guest_image(source: Source, *, allow_64bit: bool = False,
@@ -186,7 +207,7 @@ def load_guest_image(source: Source, *, allow_64bit: bool = False,
     Raises BadGuestImage for anything wrong with the input.
     """
     data, label = _read_source(source, name)
-    data = unwrap_kernel(data, name=label)
+    data = unwrap_kernel(_gunzip_kernel(data, label), name=label)
     elfclass = _identify(data, label)
     try:
         return _load(data, label, elfclass, allow_64bit)

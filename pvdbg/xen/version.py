@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from .abi import FeatureInfo, PlatformParameters32
 from .constants import (XEN_CAPABILITIES, XEN_CHANGESET, XEN_COMPILE_BY, XEN_COMPILE_DATE,
                         XEN_COMPILE_DOMAIN, XEN_COMPILER, XEN_EXTRAVERSION, XEN_VERSION_MAJOR,
-                        XEN_VERSION_MINOR, Errno, Hc, Vmasst, XenFeat, XenVer)
+                        XEN_VERSION_MINOR, Errno, Hc, XenFeat, XenVer)
 from .hypercalls import HYPERCALLS, Param, fail
+from .xenfeatures import domu_feature_submap
 
 if TYPE_CHECKING:
     from .hypervisor import HypercallContext
@@ -24,11 +25,9 @@ def _fixed(text: str, size: int) -> bytes:
     return data + bytes(size - len(data))
 
 
-def feature_submap(vm_assist: int) -> int:
-    bits = DOMU_FEATURES
-    if vm_assist & (1 << Vmasst.pae_extended_cr3):
-        bits |= 1 << XenFeat.pae_pgdir_above_4gb
-    return bits
+def feature_submap(vm_assist: int, guest_bits: int = 32) -> int:
+    """Submap 0 for a PV domU of `guest_bits` (32 or 64); table in xenfeatures.py."""
+    return domu_feature_submap(guest_bits, vm_assist)
 
 
 @HYPERCALLS.handler(Hc.xen_version, Param("cmd", XenVer), Param("arg"))
