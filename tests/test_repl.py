@@ -14,7 +14,8 @@ from prompt_toolkit.output import DummyOutput
 
 from pvdbg.monitor import MonitorError, run_monitor
 from pvdbg.session import Session, SessionOptions
-from pvdbg.stub.target import CONTINUE, BreakpointKind, ResumeActions, StopReason
+from pvdbg.stub.target import (CONTINUE, BreakpointKind, ResumeActions, StopReason,
+                               TargetError)
 from pvdbg.views.control import Controller, EngineBusy, Runner, SharedSessionTarget
 from pvdbg.views.repl import Repl
 
@@ -285,23 +286,103 @@ def wait_until(predicate, timeout: float = TIMEOUT_S) -> bool:
     return predicate()
 
 
-def test_gdb_resume_shows_running_and_repl_stop_is_sigint_for_gdb(start_repl):
+def test_gdb_holding_the_guest_refuses_repl_runs_in_one_line(start_repl):
     controller = Controller(Session.open(None, SessionOptions(cmdline=LONG_RUN)))
     target = SharedSessionTarget(controller)
     repl = start_repl(controller=controller)
     target.stop_state()                              # gdb's `?` on connecting
     repl.wait("gdb attached")
-    out = repl.send("continue", "error:")
-    assert "gdb is attached and controls execution" in out
+    assert repl.repl.status().gdb == "gdb holds it (all-stop)"
+    for command in ("continue", "stepi", "until start_kernel"):
+        out = repl.send(command, "error:")
+        error = out.split("error: ", 1)[1]
+        assert error.startswith("gdb holds the guest stopped: ") and "\n" not in error.strip()
+        assert "set non-stop on" in error and "from gdb" in error
+    out = repl.send("stop --to-gdb", "error:")
+    assert "gdb has no resume waiting" in out
+    target.set_non_stop(True)
+    assert "`continue &` there" in repl.send("continue", "error:")
+    assert repl.repl.status().gdb == "gdb holds it (non-stop)"
+
+
+def test_repl_stop_holds_gdbs_resume_and_continue_hands_it_back(start_repl):
+    controller = Controller(Session.open(None, SessionOptions(cmdline=LONG_RUN)))
+    target = SharedSessionTarget(controller)
+    repl = start_repl(controller=controller)
+    target.stop_state()
     thread, events = gdb_resume_in_thread(target)
     in_bench_loop(repl.repl)
     assert controller.runner is Runner.gdb
     assert repl.repl.status().reason == "resumed by gdb"
     assert "(resumed by gdb)" in repl.send("regs", "error:")
-    repl.send("stop", "[gdb] stopped: interrupt")
-    thread.join(TIMEOUT_S)
-    assert events and events[0].reason is StopReason.INTERRUPT     # gdb sees SIGINT
+    # stop: the REPL holds the guest, gdb keeps waiting; the REPL inspects and steps.
+    repl.send("stop", "the REPL holds the guest")
+    assert wait_until(lambda: controller.held and not controller.running)
+    assert thread.is_alive() and not events
+    assert repl.repl.status().gdb == "REPL holds it, gdb waits (all-stop)"
+    eip = controller.session.cpu.read("eip")
     assert "bench_loop" in repl.send("regs", "eip")
+    repl.send("stepi", "stopped: step")
+    assert controller.session.cpu.read("eip") != eip and controller.held
+    assert target.read_memory(0, RESERVE, 4) == controller.session.read_memory(RESERVE, 4)
+    # continue: gdb's resume goes on; the next stop (gdb's interrupt) is gdb's.
+    repl.send("continue", "continuing")
+    assert wait_until(lambda: controller.runner is Runner.gdb)
+    assert not controller.held and not events
+    target.request_stop()                            # gdb's ^C
+    thread.join(TIMEOUT_S)
+    assert events and events[0].reason is StopReason.INTERRUPT
+    repl.wait("[gdb] stopped: interrupt")
+    assert repl.repl.status().gdb == "gdb holds it (all-stop)"
+
+
+def test_repl_stop_to_gdb_and_gdbs_interrupt_end_a_hold(start_repl):
+    controller = Controller(Session.open(None, SessionOptions(cmdline=LONG_RUN)))
+    target = SharedSessionTarget(controller)
+    repl = start_repl(controller=controller)
+    target.stop_state()
+    # stop --to-gdb while gdb's resume runs: SIGINT for gdb at once (no hold).
+    thread, events = gdb_resume_in_thread(target)
+    in_bench_loop(repl.repl)
+    repl.send("stop --to-gdb", "[gdb] stopped: interrupt")
+    thread.join(TIMEOUT_S)
+    assert events[0].reason is StopReason.INTERRUPT and not controller.held
+    # stop, then stop --to-gdb: the hold ends with SIGINT for gdb where the guest is.
+    thread, events = gdb_resume_in_thread(target)
+    in_bench_loop(repl.repl)
+    repl.send("stop", "the REPL holds the guest")
+    repl.send("stop --to-gdb", "the guest is gdb's again")
+    thread.join(TIMEOUT_S)
+    assert events[0].reason is StopReason.INTERRUPT
+    assert target.read_register(0, "eip") == controller.session.cpu.read("eip")
+    # stop, then gdb's ^C: the same.
+    thread, events = gdb_resume_in_thread(target)
+    in_bench_loop(repl.repl)
+    repl.send("stop", "the REPL holds the guest")
+    assert wait_until(lambda: controller.held)
+    target.request_stop()
+    thread.join(TIMEOUT_S)
+    assert events[0].reason is StopReason.INTERRUPT and not controller.gdb_pending
+    assert "gdb holds the guest stopped" in repl.send("continue", "error:")
+
+
+def test_gdb_reads_while_its_resume_runs_fail_at_once(start_repl):
+    """Non-stop gdb sends packets while its resume runs: errors, never a wait."""
+    controller = Controller(Session.open(None, SessionOptions(cmdline=LONG_RUN)))
+    target = SharedSessionTarget(controller)
+    repl = start_repl(controller=controller)
+    target.set_non_stop(True)
+    thread, events = gdb_resume_in_thread(target)
+    in_bench_loop(repl.repl)
+    with pytest.raises(TargetError, match="running"):
+        target.read_memory(0, RESERVE, 4)
+    with pytest.raises(TargetError, match="running"):
+        target.read_register(0, "eip")
+    assert target.vcpu_ids() == [0]
+    assert "running" in target.describe_vcpu(0)
+    target.request_stop()
+    thread.join(TIMEOUT_S)
+    assert events[0].reason is StopReason.INTERRUPT
 
 
 def test_gdb_detach_keeps_the_repls_breakpoints(start_repl):

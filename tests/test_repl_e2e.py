@@ -171,15 +171,24 @@ def test_repl_and_gdb_on_one_guest(tmux_factory, tmp_path):
         tmux.wait_for("in xen_start_kernel+0x", mark)
         mark = tmux.mark()
         tmux.type("continue")
-        tmux.wait_for("gdb is attached and controls execution", mark)
+        tmux.wait_for("gdb holds the guest stopped: continue from gdb", mark)
+        tmux.status_line("gdb holds it (all-stop)")
         assert "console_io(cmd=write" in gdb.console("monitor hypercalls 1")
 
-        # gdb resumes: the REPL shows it running; `stop` in the REPL is SIGINT for gdb.
+        # gdb resumes: the REPL shows it running; `stop` holds it while gdb waits,
+        # `continue` resumes gdb's run, `stop --to-gdb` is SIGINT for gdb.
         gdb.cmd("-break-delete")
         gdb.cmd("-exec-continue")
         tmux.status_line("running: resumed by gdb", "eip bench_loop")
         mark = tmux.mark()
         tmux.type("stop")
+        tmux.wait_for("the REPL holds the guest", mark)
+        tmux.status_line("stopped: interrupt", "REPL holds it, gdb waits (all-stop)")
+        mark = tmux.mark()
+        tmux.type("continue")
+        tmux.status_line("running: resumed by gdb", "gdb's resume (all-stop)")
+        mark = tmux.mark()
+        tmux.type("stop --to-gdb")
         stop = gdb.wait_stopped()
         assert stop.get("signal-name") == "SIGINT", stop
         assert "bench_loop" in gdb.console("info symbol $pc")

@@ -253,3 +253,13 @@ def test_payload_over_limit_never_becomes_a_packet(payload: bytes) -> None:
     assert log[0] == ("error", f"packet longer than {limit} bytes; discarding it")
     assert log[-1] == Packet(b"g")
     assert Packet(payload) not in log
+
+
+@given(st.binary(max_size=5000))
+def test_checksum_is_the_byte_sum_modulo_256(data: bytes) -> None:
+    assert checksum(data) == sum(data) & 0xFF
+
+
+def test_checksum_of_long_bodies_of_maximal_bytes() -> None:
+    for length in (255, 256, 257, 512, 513, 0x20000):
+        assert checksum(b"\xff" * length) == (255 * length) & 0xFF

@@ -196,6 +196,14 @@ def le32(value: int) -> bytes:
     return encode_hex(value.to_bytes(4, "little"))
 
 
+def stop_reply(signal: int, thread: int, eip: int, reason: bytes = b"") -> bytes:
+    """The exact `T` reply for a FakeTarget stop: signal, thread, then the expedited
+    esp (04, FakeTarget's MEMORY_BASE + 0x800), ebp (05, zero) and eip (08), then the
+    stop reason."""
+    return (b"T%02xthread:%x;04:000810c0;05:00000000;08:%s;" % (signal, thread, le32(eip))
+            + reason)
+
+
 def console_text(payloads: tuple[bytes, ...]) -> str:
     return "".join(decode_hex(p[1:]).decode() for p in payloads
                    if p.startswith(b"O") and p != b"OK")
@@ -248,7 +256,8 @@ def test_qsupported_advertises_exactly_registered_features(stub: Stub) -> None:
     features = reply(stub, b"qSupported:swbreak+;xmlRegisters=i386").split(b";")
     assert features[0] == b"PacketSize=20000"
     assert set(features[1:]) == {b"qXfer:features:read+", b"qXfer:threads:read+", b"swbreak+",
-                                 b"hwbreak+", b"QStartNoAckMode+", b"vContSupported+"}
+                                 b"hwbreak+", b"QStartNoAckMode+", b"vContSupported+",
+                                 b"QNonStop+"}
     assert stub.peer_features == {b"swbreak+", b"xmlRegisters=i386"}
 
 
@@ -269,7 +278,7 @@ def test_qattached(stub: Stub) -> None:
 
 def test_stop_reason_question_mark_has_no_console_text(stub: Stub, target: FakeTarget) -> None:
     target._state = StopEvent(1, StopReason.CATCH, message="caught hypercall mmu_update")
-    assert stub.handle(b"?") == Replies((b"T05thread:2;",))
+    assert stub.handle(b"?") == Replies((b"T05thread:2;04:000810c0;05:00000000;08:100010c0;",))
 
 
 # -- target description ----------------------------------------------------------------
@@ -521,14 +530,14 @@ def test_legacy_continue_and_step(stub: Stub, target: FakeTarget) -> None:
 
 
 def test_step_and_breakpoint_stop_replies(stub: Stub, target: FakeTarget) -> None:
-    assert reply(stub, b"vCont;s:1") == b"T05thread:1;"
+    assert reply(stub, b"vCont;s:1") == b"T05thread:1;04:000810c0;05:00000000;08:010010c0;"
     assert target.registers[0]["eip"] == MEMORY_BASE + 1
     reply(stub, b"Z0,%x,1" % (MEMORY_BASE + 0x20))
-    assert reply(stub, b"vCont;c") == b"T05thread:1;swbreak:;"
+    assert reply(stub, b"vCont;c") == stop_reply(5, 1, MEMORY_BASE + 0x20, b"swbreak:;")
     assert target.registers[0]["eip"] == MEMORY_BASE + 0x20
     reply(stub, b"Z1,%x,1" % (MEMORY_BASE + 0x24))
     assert reply(stub, b"vCont;r%x,%x:1" % (MEMORY_BASE + 0x20, MEMORY_BASE + 0x30)) \
-        == b"T05thread:1;hwbreak:;"
+        == stop_reply(5, 1, MEMORY_BASE + 0x24, b"hwbreak:;")
     assert target.registers[0]["eip"] == MEMORY_BASE + 0x24
 
 
@@ -536,23 +545,27 @@ def test_swbreak_only_reported_when_gdb_supports_it(target: FakeTarget) -> None:
     stub = Stub(target)
     reply(stub, b"qSupported:multiprocess+")
     reply(stub, b"Z0,%x,1" % (MEMORY_BASE + 0x20))
-    assert reply(stub, b"c") == b"T05thread:1;"
+    assert reply(stub, b"c") == stop_reply(5, 1, MEMORY_BASE + 0x20)
 
 
 def test_stop_selects_the_stopped_thread(stub: Stub, target: FakeTarget) -> None:
     target.scripted.append(StopEvent(1, StopReason.BREAKPOINT_HW))
     reply(stub, b"Hc1")
-    assert reply(stub, b"vCont;c") == b"T05thread:2;hwbreak:;"
+    assert reply(stub, b"vCont;c") == stop_reply(5, 2, MEMORY_BASE + 0x10, b"hwbreak:;")
     assert reply(stub, b"qC") == b"QC2"
     assert stub.continue_vcpu is None
 
 
 @pytest.mark.parametrize("event, expected", [
-    (StopEvent(0, StopReason.WATCH, address=0xC0101000), b"T05thread:1;watch:c0101000;"),
-    (StopEvent(1, StopReason.RWATCH, address=0x10), b"T05thread:2;rwatch:10;"),
-    (StopEvent(0, StopReason.AWATCH, address=0), b"T05thread:1;awatch:0;"),
-    (StopEvent(0, StopReason.INTERRUPT), b"T02thread:1;"),
-    (StopEvent(0, StopReason.STEP, signal=GdbSignal.SEGV), b"T0bthread:1;"),
+    (StopEvent(0, StopReason.WATCH, address=0xC0101000),
+     b"T05thread:1;04:000810c0;05:00000000;08:000010c0;watch:c0101000;"),
+    (StopEvent(1, StopReason.RWATCH, address=0x10),
+     b"T05thread:2;04:000810c0;05:00000000;08:100010c0;rwatch:10;"),
+    (StopEvent(0, StopReason.AWATCH, address=0),
+     b"T05thread:1;04:000810c0;05:00000000;08:000010c0;awatch:0;"),
+    (StopEvent(0, StopReason.INTERRUPT), b"T02thread:1;04:000810c0;05:00000000;08:000010c0;"),
+    (StopEvent(0, StopReason.STEP, signal=GdbSignal.SEGV),
+     b"T0bthread:1;04:000810c0;05:00000000;08:000010c0;"),
     (StopEvent(0, StopReason.SHUTDOWN, exit_code=3), b"W03"),
 ])
 def test_stop_reply_formats(stub: Stub, target: FakeTarget, event: StopEvent,
@@ -567,7 +580,7 @@ def test_catch_and_crash_print_their_message_first(stub: Stub, target: FakeTarge
     message = "caught hypercall mmu_update (multicall entry 2 of 3)"
     target.scripted.append(StopEvent(0, reason, message=message))
     replies = stub.handle_synchronously(b"vCont;c")
-    assert replies.payloads[-1] == b"T05thread:1;"
+    assert replies.payloads[-1] == stop_reply(5, 1, MEMORY_BASE)
     assert all(p.startswith(b"O") for p in replies.payloads[:-1])
     assert console_text(replies.payloads) == message + "\n"
 
@@ -586,7 +599,7 @@ def test_resume_failure_still_sends_a_stop_reply(stub: Stub, target: FakeTarget)
     target.resume = broken  # type: ignore[method-assign]
     replies = stub.handle_synchronously(b"vCont;c")
     assert "emulator fault" in console_text(replies.payloads)
-    assert replies.payloads[-1] == b"T05thread:1;"
+    assert replies.payloads[-1] == stop_reply(5, 1, MEMORY_BASE)
 
 
 def test_stop_event_validation() -> None:
@@ -692,3 +705,32 @@ def test_target_bug_becomes_error_reply(stub: Stub, target: FakeTarget) -> None:
         raise KeyError(vcpu)
     target.describe_vcpu = broken  # type: ignore[method-assign]
     assert reply(stub, b"qThreadExtraInfo,1") == b"E01"
+
+
+def test_stop_reply_leaves_out_unavailable_expedited_registers(stub: Stub,
+                                                                target: FakeTarget) -> None:
+    target.unavailable.add("ebp")
+    assert reply(stub, b"vCont;s:1") == b"T05thread:1;04:000810c0;08:010010c0;"
+
+
+def test_resume_is_short_only_when_the_target_says_so(target: FakeTarget) -> None:
+    stub = Stub(target)
+    assert stub.handle(b"s") == ResumeRequest(ResumeActions({0: STEP}), short=False)
+    asked: list[ResumeActions] = []
+    target.resume_is_quick = lambda actions: asked.append(actions) or True  # type: ignore[attr-defined]
+    stub = Stub(target)
+    assert stub.handle(b"vCont;s:1;c") == ResumeRequest(
+        ResumeActions({0: STEP}, CONTINUE), short=True)
+    assert asked == [ResumeActions({0: STEP}, CONTINUE)]
+
+
+def test_threads_xml_is_rebuilt_only_when_a_description_changes(stub: Stub,
+                                                                  target: FakeTarget) -> None:
+    first = reply(stub, b"qXfer:threads:read::0,1000")
+    document = stub.threads_xml
+    assert reply(stub, b"qXfer:threads:read::0,1000") == first
+    assert stub.threads_xml is document
+    target.registers[1]["upcall_pending"] = 1
+    changed = reply(stub, b"qXfer:threads:read::0,1000")
+    assert b"vcpu1 ring1 upcall_mask=1 pending=1" in changed
+    assert changed.replace(b"pending=1", b"pending=0") == first

@@ -361,7 +361,11 @@ def test_breakpoint_inserted_while_the_guest_loops_is_hit(seed_image) -> None:
     assert session.run(max_insns=200_000).reason == "limit"
     assert body <= session.cpu.read("eip") < body + 32          # inside the loop
     assert stub.handle(b"Z0,%x,1" % body).payloads == (b"OK",)
-    assert stub.run_resume(stub.handle(b"c")).payloads == (b"T05thread:1;",)
+    replies = stub.run_resume(stub.handle(b"c")).payloads
+    regs = session.cpu.read_many(("esp", "ebp", "eip"))
+    assert regs["eip"] == body
+    assert replies == (b"T05thread:1;04:%s;05:%s;08:%s;" % tuple(
+        regs[name].to_bytes(4, "little").hex().encode() for name in ("esp", "ebp", "eip")),)
     assert session.cpu.read("eip") == body
 
 

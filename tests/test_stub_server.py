@@ -18,7 +18,7 @@ import pytest
 from pvdbg.stub.rsp import NEED_DATA, Ack, Packet, RspConnection, decode_hex, frame
 from pvdbg.stub.server import BUSY_MESSAGE, GdbServer, serve_stdio
 from pvdbg.stub.target import StopEvent, StopReason
-from test_stub_commands import MEMORY_BASE, FakeTarget
+from test_stub_commands import MEMORY_BASE, FakeTarget, stop_reply
 
 TIMEOUT_S = 10.0
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def test_port_zero_picks_a_free_port(server: GdbServer) -> None:
 
 def test_acks_then_replies(client: GdbClient) -> None:
     assert client.request(b"qSupported:swbreak+").startswith(b"PacketSize=20000;")
-    assert client.request(b"?") == b"T05thread:1;"
+    assert client.request(b"?") == stop_reply(5, 1, MEMORY_BASE)
     assert client.acks == 2
 
 
@@ -131,7 +131,7 @@ def test_interrupt_while_resume_blocks(client: GdbClient, target: FakeTarget) ->
     client.send(b"vCont;c")
     assert target.resume_started.wait(TIMEOUT_S)
     client.send_raw(b"\x03")
-    assert client.recv_packet() == b"T02thread:1;"
+    assert client.recv_packet() == stop_reply(2, 1, MEMORY_BASE)
     assert client.request(b"qC") == b"QC1"
 
 
@@ -140,7 +140,7 @@ def test_packets_while_running_get_errors(client: GdbClient, target: FakeTarget)
     assert target.resume_started.wait(TIMEOUT_S)
     assert client.request(b"g") == b"E16"
     client.send_raw(b"\x03")
-    assert client.recv_packet() == b"T02thread:1;"
+    assert client.recv_packet() == stop_reply(2, 1, MEMORY_BASE)
 
 
 def test_catch_message_arrives_as_console_output(client: GdbClient, target: FakeTarget) -> None:
@@ -149,12 +149,12 @@ def test_catch_message_arrives_as_console_output(client: GdbClient, target: Fake
     output = client.recv_packet()
     assert output.startswith(b"O")
     assert decode_hex(output[1:]) == b"caught hypercall mmu_update\n"
-    assert client.recv_packet() == b"T05thread:1;"
+    assert client.recv_packet() == stop_reply(5, 1, MEMORY_BASE)
 
 
 def test_second_client_is_refused_while_first_stays(server: GdbServer, client: GdbClient,
                                                     server_log: io.StringIO) -> None:
-    assert client.request(b"?") == b"T05thread:1;"
+    assert client.request(b"?") == stop_reply(5, 1, MEMORY_BASE)
     second = GdbClient(server.port)
     try:
         assert second.request(b"qSupported") == b"E." + BUSY_MESSAGE.encode()
@@ -172,7 +172,7 @@ def test_reattach_after_dropped_connection(server: GdbServer, target: FakeTarget
     assert target.detached.wait(TIMEOUT_S)
     second = GdbClient(server.port)
     try:
-        assert second.request(b"?") == b"T05thread:1;"
+        assert second.request(b"?") == stop_reply(5, 1, MEMORY_BASE)
         assert target.detach_count == 1
         assert target.breakpoints == set()
     finally:
@@ -187,7 +187,7 @@ def test_drop_while_running_stops_the_guest(server: GdbServer, target: FakeTarge
     assert target.detached.wait(TIMEOUT_S)
     second = GdbClient(server.port)
     try:
-        assert second.request(b"?") == b"T02thread:1;"
+        assert second.request(b"?") == stop_reply(2, 1, MEMORY_BASE)
         assert target.detach_count == 1
     finally:
         second.close()
@@ -271,8 +271,8 @@ def test_stdio_mode(target: FakeTarget) -> None:
                 conn.receive_data(os.read(from_stub_read, 65536))
 
     try:
-        assert request(b"?") == b"T05thread:1;"
-        assert request(b"vCont;s:2") == b"T05thread:2;"
+        assert request(b"?") == stop_reply(5, 1, MEMORY_BASE)
+        assert request(b"vCont;s:2") == stop_reply(5, 2, MEMORY_BASE + 0x11)
         assert request(b"D") == b"OK"
         worker.join(TIMEOUT_S)
         assert not worker.is_alive()
@@ -288,7 +288,7 @@ def test_stdio_mode_with_in_memory_streams(target: FakeTarget) -> None:
     commands = frame(b"?") + frame(b"qC") + b"\x03" + frame(b"k")
     output = io.BytesIO()
     serve_stdio(target, io.BytesIO(commands), output, log=io.StringIO())
-    assert output.getvalue() == b"+" + frame(b"T05thread:1;") + b"+" + frame(b"QC1") + b"+"
+    assert output.getvalue() == b"+" + frame(stop_reply(5, 1, MEMORY_BASE)) + b"+" + frame(b"QC1") + b"+"
     assert target.killed
 
 
@@ -398,7 +398,7 @@ def test_real_gdb_over_stdio(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_real_gdb_refused_while_another_client_attached(server: GdbServer,
                                                         client: GdbClient) -> None:
-    assert client.request(b"?") == b"T05thread:1;"
+    assert client.request(b"?") == stop_reply(5, 1, MEMORY_BASE)
     result = run_gdb([f"target remote 127.0.0.1:{server.port}"])
     assert BUSY_MESSAGE in result.stdout + result.stderr
     assert client.request(b"qC") == b"QC1"

@@ -54,9 +54,15 @@ class Replies:
 
 @dataclass(frozen=True)
 class ResumeRequest:
-    """Run `target.resume(actions)`, then answer with `Stub.stop_replies(event)`."""
+    """Run `target.resume(actions)`, then answer with `Stub.stop_replies(event)`.
+    `short`: the resume ends by itself at once (single steps of a vcpu that is not
+    blocked), so a front end may run it without waiting for ^C meanwhile. `inline`:
+    the target may run it in the thread that reads gdb (`target.inline_resumes`), if
+    that front end watches for ^C meanwhile."""
 
     actions: ResumeActions
+    short: bool = False
+    inline: bool = False
 
 
 HandlerResult = bytes | Replies | ResumeRequest
@@ -78,6 +84,7 @@ class CommandTable:
     def __init__(self) -> None:
         self._specs: dict[bytes, CommandSpec] = {}
         self._lengths: tuple[int, ...] = ()
+        self._lengths_by_first: dict[int, tuple[int, ...]] = {}   # first byte -> lengths
 
     def exact(self, name: bytes, *, features: tuple[bytes, ...] = ()) -> Callable[[Handler], Handler]:
         return self._register(name, exact=True, features=features)
@@ -94,12 +101,19 @@ class CommandTable:
                 raise ValueError(f"packet {name!r} registered twice")
             self._specs[name] = CommandSpec(name, handler, exact, features)
             self._lengths = tuple(sorted({len(key) for key in self._specs}, reverse=True))
+            by_first: dict[int, set[int]] = {}
+            for key in self._specs:
+                by_first.setdefault(key[0], set()).add(len(key))
+            self._lengths_by_first = {first: tuple(sorted(lengths, reverse=True))
+                                      for first, lengths in by_first.items()}
             return handler
         return register
 
     def lookup(self, payload: bytes) -> tuple[CommandSpec, bytes] | None:
         """(spec, arguments after the name) for the longest match, or None."""
-        for length in self._lengths:
+        if not payload:
+            return None
+        for length in self._lengths_by_first.get(payload[0], ()):
             spec = self._specs.get(payload[:length])
             if spec is not None and (not spec.exact or len(payload) == length):
                 return spec, payload[length:]
@@ -160,6 +174,10 @@ def console_output(text: str) -> tuple[bytes, ...]:
 
 _WATCH_KEYS = {StopReason.WATCH: b"watch", StopReason.RWATCH: b"rwatch",
                StopReason.AWATCH: b"awatch"}
+EXPEDITED_REGISTERS = ("esp", "ebp", "eip")
+"""Sent in every stop reply as `NN:VALUE;` (gdb register number, target byte order),
+so gdb knows where the thread stopped and which frame it is in without asking for
+`g` (gdb manual, "Stop Reply Packets": `T AA n1:r1;n2:r2;...`)."""
 
 
 class Stub:
@@ -174,7 +192,19 @@ class Stub:
         self.peer_features: frozenset[bytes] = frozenset()   # from gdb's qSupported
         self.continue_vcpu: int | None = None                 # Hc; None = all threads
         self.threads_xml = b""                                # qXfer:threads:read snapshot
+        self.threads_described: tuple[tuple[int, str], ...] = ()   # what threads_xml shows
         self._general_vcpu: int | None = None                 # Hg; None until known
+        by_name = self.tdesc.registers.by_name
+        self._expedited = tuple((spec.name, b"%02x:" % spec.regnum, spec.nbytes,
+                                 (1 << spec.bitsize) - 1)
+                                for spec in (by_name[name] for name in EXPEDITED_REGISTERS
+                                             if name in by_name))
+        # Optional fast paths a Target may offer (target.py, "Optional"; engine's
+        # SessionTarget does): without them the generic path is taken.
+        g_packet = getattr(target, "g_packet", None)
+        self._g_packet = g_packet if self.tdesc is load_target_description() else None
+        self._resume_is_quick = getattr(target, "resume_is_quick", None)
+        self._inline_resumes = bool(getattr(target, "inline_resumes", False))
 
     # -- dispatch -----------------------------------------------------------
 
@@ -229,6 +259,7 @@ class Stub:
         if event.reason is StopReason.SHUTDOWN:
             return b"W%02x" % event.exit_code
         reply = b"T%02xthread:%s;" % (event.gdb_signal & 0xFF, thread_id(event.vcpu))
+        reply += self.expedited_registers(event.vcpu)
         if event.reason is StopReason.BREAKPOINT_SW and b"swbreak+" in self.peer_features:
             reply += b"swbreak:;"
         elif event.reason is StopReason.BREAKPOINT_HW and b"hwbreak+" in self.peer_features:
@@ -236,6 +267,25 @@ class Stub:
         elif event.reason in _WATCH_KEYS:
             reply += b"%s:%x;" % (_WATCH_KEYS[event.reason], event.address or 0)
         return reply
+
+    def expedited_registers(self, vcpu: int) -> bytes:
+        """`NN:VALUE;` for EXPEDITED_REGISTERS of `vcpu`; unavailable ones are left out."""
+        read = self.target.read_register
+        parts = []
+        for name, prefix, nbytes, mask in self._expedited:
+            try:
+                value = read(vcpu, name)
+            except TargetError:
+                continue
+            parts.append(prefix + (value & mask).to_bytes(nbytes, "little").hex().encode() + b";")
+        return b"".join(parts)
+
+    def resume_request(self, actions: ResumeActions) -> ResumeRequest:
+        """A ResumeRequest, marked short when the target says this resume ends at once
+        (`resume_is_quick(actions)`, optional: e.g. a single step)."""
+        quick = self._resume_is_quick
+        return ResumeRequest(actions, quick is not None and bool(quick(actions)),
+                             self._inline_resumes)
 
     def resume_failed(self, error: BaseException) -> Replies:
         """gdb waits for a stop reply no matter what: report the error, then the stop state."""
@@ -367,6 +417,10 @@ def read_features(stub: Stub, args: bytes) -> bytes:
 @RSP.exact(b"g")
 def read_registers(stub: Stub, args: bytes) -> bytes:
     vcpu = stub.general_vcpu
+    if stub._g_packet is not None:
+        packed = stub._g_packet(vcpu)
+        if packed is not None:
+            return packed
     return b"".join(stub.register_hex(vcpu, spec) for spec in stub.tdesc.registers)
 
 
@@ -447,13 +501,16 @@ def write_memory_binary(stub: Stub, args: bytes) -> bytes:
 
 # -- breakpoints -------------------------------------------------------------------
 
+_BREAKPOINT_TYPES = frozenset(kind.value for kind in BreakpointKind)
+
+
 def _breakpoint_args(args: bytes) -> tuple[BreakpointKind, int, int] | None:
     """`type,addr,kind[;cond]` -> (kind, guest_va, length); None for an unknown type."""
     fields = args.split(b";", 1)[0].split(b",")
     if len(fields) != 3:
         raise RspProtocolError(f"expected TYPE,ADDR,KIND, got {args[:40]!r}")
     type_number = parse_hex_int(fields[0])
-    if type_number not in {kind.value for kind in BreakpointKind}:
+    if type_number not in _BREAKPOINT_TYPES:
         return None
     return BreakpointKind(type_number), parse_hex_int(fields[1]), parse_hex_int(fields[2])
 
@@ -487,8 +544,8 @@ def _legacy_resume(stub: Stub, args: bytes, *, step: bool, with_signal: bool) ->
     if args:
         stub.target.write_register(vcpu, PC_REGISTER, parse_hex_int(args))
     if step:
-        return ResumeRequest(ResumeActions({vcpu: STEP}))
-    return ResumeRequest(ResumeActions(default=CONTINUE))
+        return stub.resume_request(ResumeActions({vcpu: STEP}))
+    return stub.resume_request(ResumeActions(default=CONTINUE))
 
 
 @RSP.prefix(b"c")
@@ -514,6 +571,15 @@ def step_with_signal(stub: Stub, args: bytes) -> ResumeRequest:
 @RSP.exact(b"vCont?", features=(b"vContSupported+",))
 def vcont_actions(stub: Stub, args: bytes) -> bytes:
     return b"vCont;c;C;s;S;t;r"
+
+
+@RSP.prefix(b"QNonStop:", features=(b"QNonStop+",))
+def non_stop_mode(stub: Stub, args: bytes) -> bytes:
+    """All-stop (0) is what this table speaks; a connection's NonStop layer
+    (pvdbg/stub/nonstop.py) sees QNonStop first and switches non-stop (1) on."""
+    if args == b"0":
+        return b"OK"
+    raise TargetError("non-stop mode needs the connection loop of pvdbg.stub.server")
 
 
 def _vcont_action(text: bytes) -> ResumeAction:
@@ -550,7 +616,7 @@ def vcont(stub: Stub, args: bytes) -> Replies | ResumeRequest:
     actions = ResumeActions(per_vcpu, default or STAY_STOPPED)
     if not actions.runs_any(stub.target.vcpu_ids()):
         return Replies((b"OK",))
-    return ResumeRequest(actions)
+    return stub.resume_request(actions)
 
 
 @RSP.prefix(b"D")
@@ -620,12 +686,16 @@ def read_threads(stub: Stub, args: bytes) -> bytes:
     if annex:
         raise RspProtocolError(f"qXfer:threads:read takes no annex, got {annex!r}")
     if offset == 0 or not stub.threads_xml:
-        lines = ['<?xml version="1.0"?>', "<threads>"]
-        for vcpu in stub.target.vcpu_ids():
-            description = xml_escape(stub.target.describe_vcpu(vcpu))
-            lines.append(f'  <thread id="{vcpu + 1:x}" name="vcpu{vcpu}">{description}</thread>')
-        lines.append("</threads>")
-        stub.threads_xml = "\n".join(lines).encode("utf-8", "replace")
+        describe = stub.target.describe_vcpu
+        threads = tuple((vcpu, describe(vcpu)) for vcpu in stub.target.vcpu_ids())
+        if threads != stub.threads_described:    # gdb asks at every stop: reuse the XML
+            lines = ['<?xml version="1.0"?>', "<threads>"]
+            for vcpu, description in threads:
+                lines.append(f'  <thread id="{vcpu + 1:x}" name="vcpu{vcpu}">'
+                             f'{xml_escape(description)}</thread>')
+            lines.append("</threads>")
+            stub.threads_xml = "\n".join(lines).encode("utf-8", "replace")
+            stub.threads_described = threads
     return _qxfer_reply(stub.threads_xml, offset, length)
 
 

@@ -11,18 +11,28 @@ from unicorn.x86_const import (UC_X86_REG_FCS, UC_X86_REG_FDP, UC_X86_REG_FDS, U
                                UC_X86_REG_FOP, UC_X86_REG_FP0, UC_X86_REG_FPCW, UC_X86_REG_FPSW,
                                UC_X86_REG_FPTAG, UC_X86_REG_MXCSR, UC_X86_REG_XMM0)
 
-from ..machine.cpu import REGISTERS
+from ..machine.paging import PageWalkError, walk_pae
 from ..monitor import MonitorError, run_monitor
 from ..session import Session, StopReason as EngineStop
 from ..xen.guestmem import GuestFault
 from .target import (BreakpointKind, MemoryAccessError, RegisterUnavailable, ResumeActions,
                      ResumeKind, StopEvent, StopReason, TargetError, UnsupportedBreakpoint)
+from .tdesc import load_target_description
 
 _FPU = {"fctrl": UC_X86_REG_FPCW, "fstat": UC_X86_REG_FPSW, "ftag": UC_X86_REG_FPTAG,
         "fiseg": UC_X86_REG_FCS, "fioff": UC_X86_REG_FIP, "foseg": UC_X86_REG_FDS,
         "fooff": UC_X86_REG_FDP, "fop": UC_X86_REG_FOP, "mxcsr": UC_X86_REG_MXCSR}
 _CORE = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags",
          "cs", "ss", "ds", "es", "fs", "gs", "cr0", "cr2", "cr3", "cr4")
+_EXTENDED = (*_FPU, *(f"st{i}" for i in range(8)), *(f"xmm{i}" for i in range(8)))
+_EXTENDED_IDS = (*_FPU.values(), *(UC_X86_REG_FP0 + i for i in range(8)),
+                 *(UC_X86_REG_XMM0 + i for i in range(8)))
+_STOP_REGISTERS = ("esp", "ebp", "eip", "cs")
+"""What every stop needs: the registers stop replies carry (commands.EXPEDITED_REGISTERS)
+and CS for the thread list's ring, read in one small batch when nothing else is asked
+for (a single step, a breakpoint hit)."""
+PAGE_SIZE = 4096
+MAX_CACHED_PAGES = 4096            # translations kept (16 MiB of guest VA)
 _WATCH = {BreakpointKind.WRITE: "write", BreakpointKind.READ: "read",
           BreakpointKind.ACCESS: "access"}
 MAX_WATCH_LENGTH = 1 << 16
@@ -44,7 +54,30 @@ class SessionTarget:
         self._stop = StopEvent(0, StopReason.INTERRUPT, signal=5,
                                message="guest halted at its first instruction")
         self._crash_reported = False
-        self._register_cache: dict[str, int] | None = None
+        # Caches valid while the guest stays stopped where it is: they are dropped when
+        # the session's last stop changes (any run, ours or a REPL's), on every write
+        # from the debugger and on monitor commands.
+        self._cache_stop = session.last_stop
+        self._register_cache: dict[str, int] | None = None    # _CORE, one raw batch
+        self._stop_register_cache: dict[str, int] | None = None   # _STOP_REGISTERS
+        self._extended_cache: dict[str, int] | None = None    # FPU, x87, SSE
+        self._g_cache: bytes | None = None                    # the whole `g` reply
+        # guest page VA -> (maddr, ((pagetable entry maddr, value), ...), cr3); checked
+        # against the tables once per stop (3 reads instead of a walk), trusted after.
+        self._pages: dict[int, tuple[int, tuple[tuple[int, int], ...], int]] = {}
+        self._pages_checked: set[int] = set()                 # pages checked this stop
+        # z then Z of the same breakpoint or watchpoint (gdb does that around every
+        # hit) should not churn Unicorn hooks and translations: removals wait until
+        # the next resume, and a re-insert before it cancels them.
+        self._pending_bp_removals: set[int] = set()
+        self._pending_watch_removals: set[tuple[str, int, int]] = set()
+        # A subclass that wraps the accessors (a lock, bookkeeping) gets the generic
+        # per-register path instead of the packed `g` reply and quick steps.
+        self._fast_registers = type(self).read_register is SessionTarget.read_register
+        self._quick_resume = type(self).resume is SessionTarget.resume
+        self.inline_resumes = self._quick_resume
+        """The stub may run resumes in its reading thread (it watches for ^C meanwhile):
+        request_stop is thread-safe and nothing else is shared."""
 
     # -- threads -------------------------------------------------------------------
     def vcpu_ids(self):
@@ -52,53 +85,82 @@ class SessionTarget:
 
     def describe_vcpu(self, vcpu: int) -> str:
         hv = self.session.hv
-        info = hv.vcpu_info(vcpu)
-        ring = hv.cpu.cpl if vcpu == hv.current.vcpu_id else "?"
+        pending, mask = self._upcall_bytes(vcpu)
+        ring = self.read_register(vcpu, "cs") & 3 if vcpu == hv.current.vcpu_id else "?"
         state = " blocked" if hv.vcpus[vcpu].blocked else ""
-        return (f"vcpu{vcpu} ring{ring} upcall_mask={info.evtchn_upcall_mask} "
-                f"pending={info.evtchn_upcall_pending}{state}")
+        return f"vcpu{vcpu} ring{ring} upcall_mask={mask} pending={pending}{state}"
+
+    def _upcall_bytes(self, vcpu: int) -> bytes:
+        """vcpu_info's evtchn_upcall_pending and evtchn_upcall_mask, the struct's first
+        two bytes (ABI: xen/include/public/xen.h struct vcpu_info)."""
+        hv = self.session.hv
+        return hv.memory.read(hv.vcpu_info_maddr(vcpu), 2)
 
     # -- registers -------------------------------------------------------------------
+    def _drop_caches(self) -> None:
+        self._register_cache = self._extended_cache = self._g_cache = None
+        self._stop_register_cache = None
+        self._pages_checked.clear()
+        self._cache_stop = self.session.last_stop
+
+    def _check_caches(self) -> None:
+        if self.session.last_stop is not self._cache_stop:
+            self._drop_caches()
+
     def _registers(self) -> dict[str, int]:
-        """Every core, FPU and SSE register in one batch, cached until the guest moves
-        (a `g` packet reads ~45 registers: one batch instead of 45 calls)."""
+        """The core registers and CRs in one raw batch, cached while stopped."""
+        self._check_caches()
         if self._register_cache is None:
-            cpu = self.session.cpu
-            names = (list(_CORE) + list(_FPU) + [f"st{i}" for i in range(8)]
-                     + [f"xmm{i}" for i in range(8)])
-            ids = ([REGISTERS[n] for n in _CORE] + list(_FPU.values())
-                   + [UC_X86_REG_FP0 + i for i in range(8)] + [UC_X86_REG_XMM0 + i for i in range(8)])
+            self._register_cache = self.session.cpu.read_many(_CORE)
+        return self._register_cache
+
+    def _extended(self) -> dict[str, int]:
+        """FPU, x87 and SSE registers in one batch, cached while stopped."""
+        self._check_caches()
+        if self._extended_cache is None:
             cache = {}
-            for name, value in zip(names, cpu.uc.reg_read_batch(ids)):
+            for name, value in zip(_EXTENDED, self.session.cpu.uc.reg_read_batch(_EXTENDED_IDS)):
                 if name.startswith("st"):
                     mantissa, exponent = value
                     value = (exponent & 0xFFFF) << 64 | mantissa
                 cache[name] = value
-            self._register_cache = cache
-        return self._register_cache
+            self._extended_cache = cache
+        return self._extended_cache
 
     def read_register(self, vcpu: int, name: str) -> int:
-        cpu = self.session.cpu
-        cached = self._registers().get(name)
-        if cached is not None:
-            return cached
-        if name in _CORE:
-            return cpu.read(name)
-        if name in _FPU:
-            return cpu.uc.reg_read(_FPU[name])
-        if name.startswith("st") and name[2:].isdigit():
-            mantissa, exponent = cpu.uc.reg_read(UC_X86_REG_FP0 + int(name[2:]))
-            return (exponent & 0xFFFF) << 64 | mantissa
-        if name.startswith("xmm") and name[3:].isdigit():
-            return cpu.uc.reg_read(UC_X86_REG_XMM0 + int(name[3:]))
+        self._check_caches()
+        if self._register_cache is None and name in _STOP_REGISTERS:
+            if self._stop_register_cache is None:
+                self._stop_register_cache = self.session.cpu.read_many(_STOP_REGISTERS)
+            return self._stop_register_cache[name]
+        value = self._registers().get(name)
+        if value is not None:
+            return value
+        value = self._extended().get(name)
+        if value is not None:
+            return value
         if name == "upcall_mask":
-            return self.session.hv.vcpu_info(vcpu).evtchn_upcall_mask
+            return self._upcall_bytes(vcpu)[1]
         if name == "upcall_pending":
-            return self.session.hv.vcpu_info(vcpu).evtchn_upcall_pending
+            return self._upcall_bytes(vcpu)[0]
         raise RegisterUnavailable(f"no register {name}")
 
+    def g_packet(self, vcpu: int) -> bytes | None:
+        """The `g` reply for the packaged target description (hex, gdb's register
+        order), built once per stop; None for a subclass that wraps read_register."""
+        if not self._fast_registers:
+            return None
+        self._check_caches()
+        if self._g_cache is None:
+            values = {**self._registers(), **self._extended()}
+            values["upcall_pending"], values["upcall_mask"] = self._upcall_bytes(vcpu)
+            self._g_cache = b"".join(
+                (values[name] & mask).to_bytes(nbytes, "little")
+                for name, nbytes, mask in _g_layout()).hex().encode("ascii")
+        return self._g_cache
+
     def write_register(self, vcpu: int, name: str, value: int) -> None:
-        self._register_cache = None
+        self._drop_caches()
         cpu = self.session.cpu
         if name == "eflags":
             value = value & EFLAGS_FROM_DEBUGGER | 0x202      # bit 1 reads as 1; IF on
@@ -123,12 +185,58 @@ class SessionTarget:
 
     # -- memory ------------------------------------------------------------------------
     def read_memory(self, vcpu: int, guest_va: int, length: int) -> bytes:
+        """What the CPU can read at ring 1 (Session.read_memory_any), through cached page
+        translations."""
+        self._check_caches()
+        hv = self.session.hv
+        view = hv.memory.view
+        out = []
+        done = 0
+        while done < length:
+            va = (guest_va + done) & 0xFFFFFFFF
+            page = va & ~(PAGE_SIZE - 1)
+            if page in self._pages_checked:
+                maddr = self._pages[page][0]
+            else:
+                maddr = self._translate(page, va)
+            chunk = min(length - done, PAGE_SIZE - (va - page))
+            start = maddr + (va - page)
+            out.append(view[start:start + chunk])
+            done += chunk
+        return b"".join(out)
+
+    def _translate(self, page: int, va: int) -> int:
+        """Machine address of guest page `page` (`va` in it, for errors): the cached
+        translation if its pagetable entries and CR3 are unchanged, else a fresh walk."""
+        hv = self.session.hv
+        memory = hv.memory
+        cr3 = hv.cr3
+        cached = self._pages.get(page)
+        if cached is not None:
+            maddr, entries, cached_cr3 = cached
+            if cached_cr3 == cr3 and all(memory.read_u64(entry_maddr) == value
+                                         for entry_maddr, value in entries):
+                self._pages_checked.add(page)
+                return maddr
         try:
-            return self.session.read_memory_any(guest_va, length)
-        except GuestFault as fault:
-            raise MemoryAccessError(fault.guest_va, str(fault)) from None
+            walk = walk_pae(memory, cr3, page)
+        except PageWalkError as exc:
+            self._pages.pop(page, None)
+            raise MemoryAccessError(va, f"cannot access guest memory at {va:#x}: "
+                                        f"{exc.reason}") from None
+        if not memory.frame_valid(walk.maddr >> 12):
+            self._pages.pop(page, None)
+            raise MemoryAccessError(va, f"guest address {va:#x} maps a frame outside RAM")
+        if len(self._pages) >= MAX_CACHED_PAGES:
+            self._pages.clear()
+            self._pages_checked.clear()
+        self._pages[page] = (walk.maddr, tuple((step.entry_maddr, step.entry)
+                                                for step in walk.steps), cr3)
+        self._pages_checked.add(page)
+        return walk.maddr
 
     def write_memory(self, vcpu: int, guest_va: int, data: bytes) -> None:
+        self._drop_caches()
         try:
             self.session.write_memory(guest_va, data)
         except GuestFault as fault:
@@ -140,10 +248,15 @@ class SessionTarget:
             if not 0 <= guest_va <= 0xFFFFFFFF:
                 raise MemoryAccessError(guest_va)
             (self._sw_breakpoints if kind is BreakpointKind.SW else self._hw_breakpoints).add(guest_va)
+            self._pending_bp_removals.discard(guest_va)
             self.session.add_breakpoint(guest_va)
             return
         if not 0 < length <= MAX_WATCH_LENGTH:
             raise UnsupportedBreakpoint(f"watchpoint length {length} not supported")
+        key = (_WATCH[kind], guest_va, length)
+        if key in self._pending_watch_removals:
+            self._pending_watch_removals.discard(key)
+            return
         try:
             self.session.add_watchpoint(_WATCH[kind], guest_va, length)
         except GuestFault as fault:
@@ -154,14 +267,37 @@ class SessionTarget:
             own = self._sw_breakpoints if kind is BreakpointKind.SW else self._hw_breakpoints
             other = self._hw_breakpoints if kind is BreakpointKind.SW else self._sw_breakpoints
             own.discard(guest_va)
-            if guest_va not in other:
-                self.session.remove_breakpoint(guest_va)
+            if guest_va not in other and guest_va in self.session.debug.breakpoints:
+                self._pending_bp_removals.add(guest_va)
             return
-        self.session.remove_watchpoint(_WATCH[kind], guest_va, length)
+        key = (_WATCH[kind], guest_va, length)
+        if key in self.session.debug.watchpoints:
+            self._pending_watch_removals.add(key)
+
+    def _apply_removals(self, *, keep_breakpoints: bool) -> None:
+        """Remove what gdb removed since the last resume. A single step may keep the
+        breakpoints: it never stops at one (and skips the one it starts on)."""
+        for key in self._pending_watch_removals:
+            self.session.remove_watchpoint(*key)
+        self._pending_watch_removals.clear()
+        if keep_breakpoints:
+            return
+        for guest_va in self._pending_bp_removals:
+            if guest_va not in self._sw_breakpoints and guest_va not in self._hw_breakpoints:
+                self.session.remove_breakpoint(guest_va)
+        self._pending_bp_removals.clear()
 
     # -- execution -----------------------------------------------------------------------
+    def resume_is_quick(self, actions: ResumeActions) -> bool:
+        """True when `resume(actions)` ends at once: a single step (or nothing) for the
+        running vcpu, which is not blocked. The stub then runs it without a thread."""
+        if not self._quick_resume:
+            return False
+        current = self.session.hv.current
+        kind = actions.action_for(current.vcpu_id).kind
+        return kind is ResumeKind.STOP or (kind is ResumeKind.STEP and not current.blocked)
+
     def resume(self, actions: ResumeActions) -> StopEvent:
-        self._register_cache = None
         session = self.session
         vcpu = session.hv.current.vcpu_id
         action = actions.action_for(vcpu)
@@ -173,6 +309,8 @@ class SessionTarget:
             self._stop = StopEvent(vcpu, StopReason.SHUTDOWN, exit_code=3,
                                    message="the domain crashed and is gone")
             return self._stop
+        self._drop_caches()
+        self._apply_removals(keep_breakpoints=action.kind is ResumeKind.STEP)
         if action.kind is ResumeKind.STEP:
             stop = session.step(1)
         elif action.kind is ResumeKind.RANGE_STEP:
@@ -215,9 +353,9 @@ class SessionTarget:
         return self._stop
 
     def monitor(self, command: str) -> str:
-        self._register_cache = None
         """Monitor commands that would touch host files are refused: whoever reaches the
         stub's port gets no host file access (`trace save` is for the REPL)."""
+        self._drop_caches()
         try:
             words = shlex.split(command)
         except ValueError:
@@ -235,6 +373,20 @@ class SessionTarget:
         self.session.close()
 
     def detach(self) -> None:
+        self._pending_bp_removals.clear()
+        self._pending_watch_removals.clear()
         self.session.debug.clear_all()
         self._sw_breakpoints.clear()
         self._hw_breakpoints.clear()
+
+
+_G_LAYOUT: tuple[tuple[str, int, int], ...] | None = None
+
+
+def _g_layout() -> tuple[tuple[str, int, int], ...]:
+    """(register name, bytes, value mask) in `g` order of the packaged description."""
+    global _G_LAYOUT
+    if _G_LAYOUT is None:
+        _G_LAYOUT = tuple((spec.name, spec.nbytes, (1 << spec.bitsize) - 1)
+                          for spec in load_target_description().registers)
+    return _G_LAYOUT

@@ -1,9 +1,14 @@
 """Socket and stdio loops around the sans-IO framing (rsp.py) and handlers (commands.py).
 
-One gdb at a time. Each connection has a reader thread feeding a queue and one
-loop thread that owns the framing and the `Stub`; `target.resume` runs in a worker
-thread so the loop keeps reading and turns gdb's 0x03 into `target.request_stop()`.
-No host file access is offered (no vFile).
+One gdb at a time. Each connection has one loop thread that reads gdb's bytes, owns
+the framing and the `Stub` and answers every packet itself (a thread handoff per
+packet would cost more than most handlers). Single steps run right there. A resume
+that may run long runs there too when the target allows it (`inline_resumes`) and the
+connection is a socket, with a watch thread turning gdb's 0x03 into
+`target.request_stop()`; otherwise it goes to a worker thread (which sends its stop
+reply) while the loop keeps reading. A gdb that stops reading our replies blocks the
+loop in its write, so we stop reading too and TCP pushes back. No host file access is
+offered (no vFile).
 """
 
 from __future__ import annotations
@@ -11,23 +16,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import queue
+import select
 import selectors
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
-from pvdbg.stub.commands import AfterReply, Replies, ResumeRequest, Stub, error_reply
+from pvdbg.stub.commands import AfterReply, ResumeRequest, Stub, error_reply
+from pvdbg.stub.nonstop import NonStop
 from pvdbg.stub.rsp import (MAX_PACKET_SIZE, NEED_DATA, DroppedPacket, Interrupt, Packet,
                             RspConnection, RspProtocolError, frame)
-from pvdbg.stub.target import StopEvent, Target
+from pvdbg.stub.target import Target
 
 READ_CHUNK_BYTES = 0x10000
-MAX_QUEUED_CHUNKS = 64
-"""Chunks read from gdb but not yet parsed, at most (so at most 4 MiB)."""
 RESUME_STOP_TIMEOUT_S = 10.0
 """How long a closing connection waits for a running resume to honour request_stop."""
 REFUSE_TIMEOUT_S = 5.0
@@ -44,140 +48,201 @@ def _log(stream: TextIO | None, message: str) -> None:
           flush=True)
 
 
-@dataclass(frozen=True)
-class _Data:
-    data: bytes
+class _InterruptWatch:
+    """While the loop thread runs a resume itself, this thread waits for gdb's bytes
+    (epoll, edge-triggered; the descriptor is registered only during such a run) and
+    turns a 0x03 among them, or the connection closing, into `target.request_stop()`,
+    repeated until the run ends (a request that lands just before the engine starts
+    its run is otherwise lost). It reads nothing: `peek` looks at what is queued."""
 
+    def __init__(self, descriptor: int, peek: Callable[[], bytes], target: Target) -> None:
+        self._descriptor = descriptor
+        self._peek = peek
+        self._target = target
+        self._epoll = select.epoll()
+        self._wakeup_read, self._wakeup_write = os.pipe()
+        self._epoll.register(self._wakeup_read, select.EPOLLIN)
+        self._running = False
+        self._run_over = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._watch, name="pvdbg-interrupt-watch",
+                                        daemon=True)
+        self._thread.start()
 
-@dataclass(frozen=True)
-class _Closed:
-    reason: str
+    def begin(self) -> None:
+        self._run_over.clear()
+        self._running = True
+        self._epoll.register(self._descriptor, select.EPOLLIN | select.EPOLLET)
 
+    def end(self) -> None:
+        self._running = False
+        self._run_over.set()
+        self._epoll.unregister(self._descriptor)
 
-@dataclass(frozen=True)
-class _Stopped:
-    event: StopEvent | None
-    error: BaseException | None = None
+    def close(self) -> None:
+        self._closed = True
+        self._run_over.set()
+        os.write(self._wakeup_write, b"x")
+        self._thread.join()
+        self._epoll.close()
+        os.close(self._wakeup_read)
+        os.close(self._wakeup_write)
 
-
-_Item = _Data | _Closed | _Stopped
+    def _watch(self) -> None:
+        while not self._closed:
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            if self._closed:
+                return
+            if not self._running or not any(fd == self._descriptor for fd, _ in events):
+                continue
+            try:
+                queued = self._peek()
+            except BlockingIOError:
+                continue
+            except OSError:
+                queued = b""
+            if b"\x03" in queued or not queued:       # ^C, or gdb went away
+                self._target.request_stop()
+                while not self._run_over.wait(INTERRUPT_RETRY_S):
+                    self._target.request_stop()
 
 
 class _ClientLoop:
-    """One gdb connection. `run` blocks until gdb detaches, kills, drops or `stop()`."""
+    """One gdb connection. `run` blocks until gdb detaches, kills, drops or `stop()`.
+
+    The calling thread reads gdb's bytes itself and answers each packet at once.
+    Single steps run in it. A resume that may run long (`c`, range steps, a step of a
+    blocked vcpu) runs in it too when the target allows (`inline_resumes`), `peek` is
+    given and no bytes wait behind the resume packet, with an _InterruptWatch thread
+    looking out for ^C; otherwise it goes to one long-lived worker thread, which sends
+    the stop reply itself while the reading thread keeps serving gdb's 0x03."""
 
     def __init__(self, target: Target, read_chunk: Callable[[], bytes],
                  write: Callable[[bytes], None], close: Callable[[], None], *,
-                 max_packet_size: int, log: TextIO | None, peer: str) -> None:
+                 max_packet_size: int, log: TextIO | None, peer: str,
+                 wake_reader: Callable[[], None] = lambda: None,
+                 peek: tuple[int, Callable[[], bytes]] | None = None) -> None:
         self._target = target
         self._read_chunk = read_chunk
-        self._write = write
+        self._raw_write = write
         self._close = close
+        self._wake_reader = wake_reader
         self._log = log
         self._peer = peer
-        self._queue: queue.Queue[_Item] = queue.Queue()
-        # A gdb that sends without reading our replies blocks us in sendall; the reader
-        # then stops reading too (TCP pushes back) instead of queueing without end.
-        self._data_slots = threading.Semaphore(MAX_QUEUED_CHUNKS)
+        self._write_lock = threading.Lock()   # the worker's stop replies vs the loop's
         self._conn = RspConnection(max_packet_size)
         self._stub = Stub(target, max_packet_size=max_packet_size)
-        self._resuming = False
-        self._interrupt_pending = False   # ^C seen, the running resume not stopped yet
-        self._finished_by_gdb = False     # D or k: the target already knows gdb left
+        self._nonstop = NonStop(self._stub)   # gdb's non-stop protocol, once QNonStop:1
+        self._resuming = False                # a resume runs in the worker
+        self._resume_done = threading.Event() # set by the worker when it stopped
+        self._finished_by_gdb = False         # D or k: the target already knows gdb left
+        self._stopping = False                # stop() called: the server shuts down
         self._requests: queue.Queue[ResumeRequest | None] = queue.Queue()
         self._worker: threading.Thread | None = None
-        self.ending = threading.Event()   # set once run() stopped serving gdb
+        self._peek = peek                     # (descriptor, peek) for _InterruptWatch
+        self._watch: _InterruptWatch | None = None
+        self.ending = threading.Event()       # set once run() stopped serving gdb
 
     def stop(self) -> None:
         """Thread-safe: end `run` soon (server shutdown)."""
-        self._queue.put(_Closed("server shutting down"))
+        self._stopping = True
+        self._wake_reader()
 
     def run(self) -> None:
-        reader = threading.Thread(target=self._reader, name=f"pvdbg-rsp-read {self._peer}",
-                                  daemon=True)
-        reader.start()
         try:
             while True:
-                item = self._next_item()
-                if isinstance(item, _Closed):
+                data = b"" if self._stopping else self._read_chunk()
+                if not data:
                     if not self._finished_by_gdb:
-                        _log(self._log, f"{self._peer}: {item.reason}")
+                        _log(self._log, f"{self._peer}: " + (
+                            "server shutting down" if self._stopping
+                            else "gdb closed the connection"))
                     break
-                if isinstance(item, _Stopped):
-                    self._resuming = self._interrupt_pending = False
-                    self._send(self._stop_replies(item))
-                    continue
-                self._data_slots.release()
-                self._conn.receive_data(item.data)
+                self._conn.receive_data(data)
                 if self._drain():
                     break
-        except OSError as error:
-            _log(self._log, f"{self._peer}: connection lost: {error}")
+        except (OSError, ValueError) as error:
+            if not self._stopping:
+                _log(self._log, f"{self._peer}: connection lost: {error}")
+            else:
+                _log(self._log, f"{self._peer}: server shutting down")
         finally:
             self._finish()
 
-    def _next_item(self) -> _Item:
-        """The next queue item; while a ^C is pending, repeat request_stop meanwhile."""
-        while True:
-            if not (self._resuming and self._interrupt_pending):
-                return self._queue.get()
-            try:
-                return self._queue.get(timeout=INTERRUPT_RETRY_S)
-            except queue.Empty:
-                self._target.request_stop()
-
-    def _reader(self) -> None:
-        try:
-            while True:
-                while not self._data_slots.acquire(timeout=INTERRUPT_RETRY_S * 10):
-                    if self.ending.is_set():
-                        return
-                data = self._read_chunk()
-                if not data:
-                    self._queue.put(_Closed("gdb closed the connection"))
-                    return
-                self._queue.put(_Data(data))
-        except (OSError, ValueError) as error:
-            self._queue.put(_Closed(f"connection lost: {error}"))
+    def _write(self, data: bytes) -> None:
+        if data:
+            with self._write_lock:
+                self._raw_write(data)
 
     def _drain(self) -> bool:
         """Handle every complete event in the buffer; True when the connection must end."""
+        conn = self._conn
         while True:
             try:
-                event = self._conn.next_event()
+                event = conn.next_event()
             except RspProtocolError as error:
                 _log(self._log, f"{self._peer}: protocol error: {error}")
-                self._flush_acks()
+                self._write(conn.data_to_send())
                 continue
-            self._flush_acks()
+            if isinstance(event, Packet):
+                # The ack goes out with the reply, in one write.
+                if self._handle_packet(event.payload, conn.data_to_send()):
+                    return True
+                continue
+            self._write(conn.data_to_send())
             if event is NEED_DATA:
                 return False
             if isinstance(event, Interrupt):
                 if self._resuming:
-                    self._interrupt_pending = True
-                    self._target.request_stop()
+                    self._interrupt_resume()
             elif isinstance(event, DroppedPacket):
                 _log(self._log, f"{self._peer}: dropped packet: {event.reason}")
-                self._write(self._conn.send(error_reply(RspProtocolError(event.reason))))
-            elif isinstance(event, Packet):
-                if self._handle_packet(event.payload):
-                    return True
+                self._send_payloads((error_reply(RspProtocolError(event.reason)),))
 
-    def _handle_packet(self, payload: bytes) -> bool:
-        if self._resuming:
+    def _interrupt_resume(self) -> None:
+        """gdb's ^C: request_stop until the running resume stops (a request that lands
+        just before the engine starts its run is otherwise lost)."""
+        self._target.request_stop()
+        while not self._resume_done.wait(INTERRUPT_RETRY_S) and not self._stopping:
+            self._target.request_stop()
+
+    def _handle_packet(self, payload: bytes, acks: bytes) -> bool:
+        if self._resuming and self._resume_done.is_set():
+            self._resuming = False
+        if self._resuming and not self._nonstop.enabled:
             _log(self._log, f"{self._peer}: packet {payload[:32]!r} while the guest runs")
-            self._write(self._conn.send(error_reply(RspProtocolError("target is running"))))
+            self._send_payloads((error_reply(RspProtocolError("target is running")),), acks)
             return False
-        outcome = self._stub.handle(payload)
+        outcome = self._nonstop.handle(payload) or self._stub.handle(payload)
         if isinstance(outcome, ResumeRequest):
+            if self._nonstop.enabled:      # OK now; the stop comes as a %Stop notification
+                reply = self._nonstop.accept_resume(outcome)
+                self._send_payloads((reply,), acks)
+                if reply != b"OK":
+                    return False
+                acks = b""
+            elif outcome.short:
+                self._send_payloads(self._stub.run_resume(outcome).payloads, acks)
+                return False
+            elif outcome.inline and self._peek is not None and not self._conn.buffered_bytes:
+                # No worker thread handoff (~10-50 us a continue): run here, with the
+                # watch thread looking out for ^C meanwhile.
+                self._write(acks)
+                self._run_inline(outcome)
+                return False
+            self._write(acks)
             self._resuming = True
+            self._resume_done.clear()
             if self._worker is None:       # one long-lived worker: a thread per resume
                 self._worker = threading.Thread(target=self._resume_worker,  # costs ~160 us
                                                 name="pvdbg-resume", daemon=True)
                 self._worker.start()
             self._requests.put(outcome)
             return False
-        self._send(outcome)
+        self._send_payloads(outcome.payloads, acks)
         if outcome.after is AfterReply.START_NO_ACK:
             self._conn.start_no_ack_mode()
         if outcome.after is AfterReply.CLOSE:
@@ -185,49 +250,55 @@ class _ClientLoop:
             return True
         return False
 
+    def _run_inline(self, request: ResumeRequest) -> None:
+        if self._watch is None:
+            self._watch = _InterruptWatch(*self._peek, self._target)
+        self._watch.begin()
+        try:
+            replies = self._stub.run_resume(request)
+        finally:
+            self._watch.end()
+        self._send_payloads(replies.payloads)
+
     def _resume_worker(self) -> None:
         while True:
             request = self._requests.get()
             if request is None:
                 return
-            self._resume(request)
+            replies = self._stub.run_resume(request)
+            # Marked done before the reply leaves: gdb's next packet comes after it.
+            self._resume_done.set()
+            if not self.ending.is_set():
+                try:
+                    if self._nonstop.enabled:
+                        self._write(self._nonstop.stopped(replies))
+                    else:
+                        self._send_payloads(replies.payloads)
+                except (OSError, ValueError) as error:
+                    _log(self._log, f"{self._peer}: cannot send the stop reply: {error}")
 
-    def _resume(self, request: ResumeRequest) -> None:
-        try:
-            self._queue.put(_Stopped(self._target.resume(request.actions)))
-        except BaseException as error:  # reported to gdb by the loop thread
-            self._queue.put(_Stopped(None, error))
-
-    def _stop_replies(self, stopped: _Stopped) -> Replies:
-        if stopped.event is None:
-            return self._stub.resume_failed(stopped.error or RuntimeError("resume failed"))
-        return self._stub.stop_replies(stopped.event)
-
-    def _flush_acks(self) -> None:
-        pending = self._conn.data_to_send()
-        if pending:
-            self._write(pending)
-
-    def _send(self, replies: Replies) -> None:
-        for payload in replies.payloads:
-            self._write(self._conn.send(payload))
+    def _send_payloads(self, payloads: tuple[bytes, ...], prefix: bytes = b"") -> None:
+        """Frame `payloads` and write them, after `prefix`, in one write."""
+        with self._write_lock:
+            send = self._conn.send
+            data = prefix + b"".join(send(payload) for payload in payloads)
+            if data:
+                self._raw_write(data)
 
     def _finish(self) -> None:
         self.ending.set()
         self._requests.put(None)
-        if self._resuming:
+        if self._watch is not None:
+            self._watch.close()
+        if self._resuming and not self._resume_done.is_set():
             deadline = time.monotonic() + RESUME_STOP_TIMEOUT_S
-            while self._resuming and time.monotonic() < deadline:
+            while not self._resume_done.is_set() and time.monotonic() < deadline:
                 self._target.request_stop()
-                try:
-                    item = self._queue.get(timeout=INTERRUPT_RETRY_S)
-                except queue.Empty:
-                    continue
-                if isinstance(item, _Stopped):
-                    self._resuming = False
-            if self._resuming:
+                self._resume_done.wait(INTERRUPT_RETRY_S)
+            if not self._resume_done.is_set():
                 _log(self._log, "target did not stop after request_stop; leaving it running")
-        if not self._finished_by_gdb and not self._resuming:
+        still_running = self._resuming and not self._resume_done.is_set()
+        if not self._finished_by_gdb and not still_running:
             try:
                 self._target.detach()
             except Exception as error:
@@ -236,6 +307,23 @@ class _ClientLoop:
             self._close()
         except OSError:
             pass
+
+
+def _socket_wake(sock: socket.socket) -> Callable[[], None]:
+    """Make a recv blocked on `sock` in another thread return (EOF)."""
+    def wake() -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    return wake
+
+
+def _socket_peek(sock: socket.socket) -> Callable[[], bytes]:
+    """What gdb sent and nobody read yet, left in place; BlockingIOError if nothing."""
+    def peek() -> bytes:
+        return sock.recv(READ_CHUNK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    return peek
 
 
 def _socket_close(sock: socket.socket) -> Callable[[], None]:
@@ -347,7 +435,8 @@ class GdbServer:
                 client = _ClientLoop(self._target, lambda: sock.recv(READ_CHUNK_BYTES),
                                      sock.sendall, _socket_close(sock),
                                      max_packet_size=self._max_packet_size, log=self._log,
-                                     peer=peer)
+                                     peer=peer, wake_reader=_socket_wake(sock),
+                                     peek=(sock.fileno(), _socket_peek(sock)))
                 thread = threading.Thread(target=client.run, name=f"pvdbg-rsp {peer}",
                                           daemon=True)
                 self._client, self._client_thread = client, thread

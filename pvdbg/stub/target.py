@@ -4,6 +4,13 @@ The stub speaks in vcpu ids (gdb thread N+1 is vcpu N), register names from
 `tdesc.py` (`eax`, `eip`, `st0`, `xmm0`, `cr3`, `upcall_mask`, ...) and guest
 virtual addresses. Implementations raise the `TargetError` subclasses below; the
 stub turns them into RSP `E` replies.
+
+Optional, for speed (the stub looks them up with getattr; engine.SessionTarget has
+them): `g_packet(vcpu) -> bytes | None`, the whole `g` reply in the packaged target
+description's order (None: use read_register); `resume_is_quick(actions) -> bool`, the
+resume ends at once (a single step), so the connection loop runs it without a thread;
+`inline_resumes: bool`, any resume may run in the loop's own thread while it watches
+the connection for ^C.
 """
 
 from __future__ import annotations

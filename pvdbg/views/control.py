@@ -6,6 +6,18 @@
 `SharedSessionTarget`, which takes the same lock, so gdb and the REPL never run the guest
 at once and both see every stop.  `request_stop` never takes the lock (it is how a run
 is interrupted).
+
+Who holds the guest while gdb is attached (gdb learns of a stop only as the answer to its
+own resume, in all-stop and in non-stop mode alike, and gdb 13 fails an internal assertion
+when told of a stop of a thread it already holds stopped):
+
+* gdb holds it stopped (after its stop reply / %Stop): the REPL inspects; REPL runs are
+  refused with one line saying how to hand the guest on (continue from gdb).
+* gdb's resume is pending (gdb waits for its stop): the REPL's `stop` (Ctrl-C) pauses the
+  guest *held by the REPL* while gdb keeps waiting; the REPL may then inspect, step and
+  `continue` (which hands the guest back to gdb's pending resume: the next stop is
+  gdb's); `stop --to-gdb`, gdb's own interrupt (^C, vCtrlC, vCont;t) or gdb leaving end
+  gdb's resume with SIGINT at the current place.
 """
 from __future__ import annotations
 
@@ -17,10 +29,15 @@ from enum import StrEnum
 
 from ..session import Session, SessionError, StopReason, Stopped
 from ..stub.engine import SessionTarget
-from ..stub.target import BreakpointKind, ResumeActions, StopEvent
+from ..stub.target import (BreakpointKind, ResumeActions, StopEvent, StopReason as GdbStop,
+                           TargetError)
 
 GDB_ATTACH_STOP_TIMEOUT_S = 10.0
 LOCK_POLL_S = 0.05
+STOP_RETRY_S = 0.05
+"""A stop request is repeated this often while the run it targets goes on: one that
+lands just before the engine starts its run is otherwise lost (Session.run clears it)."""
+STOP_GIVE_UP_S = 10.0
 
 
 class Runner(StrEnum):
@@ -39,6 +56,8 @@ class StopNotice:
     stop: Stopped | None
     runner: Runner
     error: str | None = None     # the run ended with an engine error instead of a stop
+    held: bool = False           # a gdb resume is paused, the REPL holds the guest
+    note: str = ""               # a hand-over without a new stop (e.g. back to gdb)
 
 
 class Controller:
@@ -46,7 +65,8 @@ class Controller:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._lock = threading.Lock()          # held by whoever touches the engine
+        self._lock = threading.RLock()         # held by whoever touches the engine (gdb-side
+                                               # calls nest: SessionTarget methods call others)
         self._cond = threading.Condition()     # guards runner / gdb_attached
         self.runner: Runner | None = None
         self.gdb_attached = False
@@ -58,6 +78,13 @@ class Controller:
         self.last_notice: StopNotice | None = None
         self.interrupted = threading.Event()   # REPL actions that loop check it
         self._worker: threading.Thread | None = None
+        self.gdb_pending = False               # gdb waits for the stop of its resume
+        self.held = False                      # ... and the REPL holds the guest meanwhile
+        self.non_stop = False                  # gdb talks the non-stop protocol
+        self._hold_requested = False           # the REPL's stop pauses gdb's resume
+        self._gdb_interrupt = False            # gdb asked its resume to stop (^C)
+        self._release: str | None = None       # "continue" or "to_gdb" ends a hold
+        self._run_serial = 0                   # counts runs, for repeated stop requests
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -90,16 +117,43 @@ class Controller:
     def _runner_text(self) -> str:
         return "resumed by gdb" if self.runner is Runner.gdb else "resumed from the REPL"
 
-    def start(self, action: Callable[[Session], Stopped], what: str = "run") -> threading.Thread:
+    def holder_text(self) -> str | None:
+        """Who holds the guest, for the status line; None without gdb attached."""
+        if not self.gdb_attached:
+            return None
+        mode = "non-stop" if self.non_stop else "all-stop"
+        if self.held:
+            return f"REPL holds it, gdb waits ({mode})"
+        if self.gdb_pending:
+            return f"gdb's resume ({mode})"
+        return f"gdb holds it ({mode})"
+
+    def _gdb_holds_message(self, what: str) -> str:
+        if self.non_stop:
+            return (f"gdb holds the guest stopped: {what} is gdb's to do (`continue &` there); "
+                    "while gdb's continue runs, stop here holds the guest and continue "
+                    "resumes it")
+        return (f"gdb holds the guest stopped: {what} from gdb (or `set non-stop on` before "
+                "`target remote`, then `continue &`); while gdb's continue runs, stop here "
+                "holds the guest and continue resumes it")
+
+    def start(self, action: Callable[[Session], Stopped],
+              what: str = "run") -> threading.Thread | None:
         """Run `action(session)` in a worker thread holding the engine; listeners hear the
-        stop.  Raises EngineBusy if the guest already runs or gdb controls execution."""
+        stop.  While the REPL holds a guest gdb's resume waits for, `continue` hands it
+        back to that resume instead (None returned).  Raises EngineBusy if the guest
+        already runs or gdb holds it stopped."""
         with self._cond:
             if self.runner is not None:
                 raise EngineBusy(f"the guest is already running ({self._runner_text()})")
-            if self.gdb_attached:
-                raise EngineBusy(f"gdb is attached and controls execution: {what} from gdb "
-                                 "(the REPL can stop the guest, or inspect it)")
+            if self.gdb_attached and not self.held:
+                raise EngineBusy(self._gdb_holds_message(what))
+            if self.held and what == "continue":
+                self._release = "continue"
+                self._cond.notify_all()
+                return None
             self.runner = Runner.repl
+            self._run_serial += 1
             self.interrupted.clear()
         worker = threading.Thread(target=self._work, args=(action,), name="pvdbg-repl-run",
                                   daemon=True)
@@ -122,13 +176,36 @@ class Controller:
                 self.runner = None
                 self._cond.notify_all()
 
-    def request_stop(self) -> bool:
-        """Interrupt whoever runs the guest (thread-safe); False if nothing runs."""
-        if self.runner is None:
-            return False
-        self.interrupted.set()
-        self.session.request_stop()
+    def request_stop(self, to_gdb: bool = False) -> bool:
+        """The REPL's stop (thread-safe); False if there is nothing to stop.  A resume of
+        gdb's is paused and held by the REPL, or with `to_gdb` ended with SIGINT for gdb
+        (also from a hold)."""
+        with self._cond:
+            if self.runner is None and not (to_gdb and self.held):
+                return False
+            self.interrupted.set()
+            if to_gdb and self.held:
+                self._release = "to_gdb"
+                self._cond.notify_all()
+            elif self.runner is Runner.gdb and not to_gdb:
+                self._hold_requested = True
+            if self.runner is not None:
+                self._stop_run()
         return True
+
+    def _stop_run(self) -> None:
+        """With _cond held: request_stop now, and again until this run ends."""
+        serial = self._run_serial
+        self.session.request_stop()
+
+        def repeat() -> None:
+            for _ in range(int(STOP_GIVE_UP_S / STOP_RETRY_S)):
+                with self._cond:
+                    if self._cond.wait_for(lambda: self.runner is None
+                                           or self._run_serial != serial, STOP_RETRY_S):
+                        return
+                    self.session.request_stop()
+        threading.Thread(target=repeat, name="pvdbg-stop-retry", daemon=True).start()
 
     def add_breakpoint(self, guest_va: int) -> None:
         """A REPL breakpoint (the engine has one hook per VA, shared with gdb's)."""
@@ -176,24 +253,109 @@ class Controller:
         a debugger stops a process."""
         self.gdb_attached = True
         if self.runner is Runner.repl:
-            self.request_stop()
+            self.interrupted.set()
+            self.session.request_stop()
         if not self._cond.wait_for(lambda: self.runner is None, GDB_ATTACH_STOP_TIMEOUT_S):
             raise SessionError("the guest did not stop for gdb")
 
     @contextmanager
     def gdb_access(self) -> Iterator[Session]:
-        """Engine access for one gdb packet."""
+        """Engine access for one gdb packet.  While gdb's own resume is pending (gdb's
+        packets then come only in non-stop mode) the guest is read as it is when the REPL
+        holds it; a running guest raises TargetError (an `E` reply), never waits."""
+        with self._cond:
+            if self.gdb_pending and self.runner is not None:
+                raise TargetError(f"the guest is running ({self._runner_text()}): "
+                                  "interrupt it first")
+            if not self.gdb_pending:
+                self._gdb_takes_over()
+        with self._lock:
+            yield self.session
+
+    # -- gdb's resume ----------------------------------------------------------------
+    def gdb_resume_begins(self) -> None:
         with self._cond:
             self._gdb_takes_over()
+            self.gdb_pending = True
+            self.held = False
+            self._hold_requested = self._gdb_interrupt = False
+            self._release = None
+
+    def gdb_resume_ends(self) -> None:
+        with self._cond:
+            self.gdb_pending = self.held = False
+            self._hold_requested = False
+            self._release = None
+            self._cond.notify_all()
+
+    def gdb_interrupt(self) -> None:
+        """gdb's ^C / vCtrlC / vCont;t (thread-safe): its pending resume ends, from a hold
+        too, with the guest stopped where it is."""
+        with self._cond:
+            self._gdb_interrupt = True
+            self._hold_requested = False
+            if self.held:
+                self._release = "to_gdb"
+                self._cond.notify_all()
+            if self.runner is not None:
+                self.interrupted.set()
+                self._stop_run()
+
+    def wait_gdb_resume_end(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self.gdb_pending, timeout)
+
+    def gdb_interrupted(self) -> bool:
+        with self._cond:
+            return self._gdb_interrupt
+
+    def hold_if_requested(self, stop: Stopped) -> bool:
+        """With gdb's run just ended (engine held): True when the REPL's stop paused it,
+        so the guest is now held by the REPL and gdb keeps waiting."""
+        with self._cond:
+            hold = (self._hold_requested and not self._gdb_interrupt
+                    and stop.reason is StopReason.interrupt)
+            self._hold_requested = False
+            if hold:
+                self.held = True
+        if hold:
+            self._notify(StopNotice(stop, Runner.repl, held=True))
+        return hold
+
+    def hold_requested_before_run(self) -> bool:
+        """A stop the REPL asked for before gdb's run began (it would be lost)."""
+        with self._cond:
+            return self._hold_requested
+
+    def wait_release(self) -> str:
+        """Block gdb's resume while the REPL holds the guest: "continue" (the REPL
+        continued: gdb's run goes on) or "to_gdb" (end it, SIGINT for gdb)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._release is not None)
+            how, self._release = self._release, None
+            if how == "continue":
+                self.held = False
+            return how
+
+    @contextmanager
+    def engine_after_hold(self) -> Iterator[Session]:
+        """The engine for gdb's resume once a hold ends (a REPL run in it stops first)."""
+        with self._cond:
+            if self.runner is not None:
+                self.session.request_stop()
+            if not self._cond.wait_for(lambda: self.runner is None, GDB_ATTACH_STOP_TIMEOUT_S):
+                raise SessionError("the guest did not stop for gdb")
         with self._lock:
             yield self.session
 
     @contextmanager
     def gdb_run(self) -> Iterator[Session]:
-        """Hold the engine for one gdb resume; the REPL shows 'running (gdb)'."""
+        """Hold the engine for one run of gdb's resume; the REPL shows 'running (gdb)'."""
         with self._cond:
             self._gdb_takes_over()
+            self.held = False
             self.runner = Runner.gdb
+            self._run_serial += 1
         try:
             with self._lock:
                 yield self.session
@@ -209,6 +371,7 @@ class Controller:
     def gdb_detached(self) -> None:
         with self._cond:
             self.gdb_attached = False
+            self.non_stop = False
 
 
 class SharedSessionTarget(SessionTarget):
@@ -222,14 +385,28 @@ class SharedSessionTarget(SessionTarget):
         super().__init__(controller.session)
         self.controller = controller
         self._seen_stop: Stopped | None = None
+        self._vcpus: list[int] = [0]
+
+    def set_non_stop(self, enabled: bool) -> None:
+        """gdb chose the non-stop protocol (QNonStop:1) or all-stop (QNonStop:0)."""
+        with self.controller.gdb_access():
+            self.controller.non_stop = enabled
 
     def vcpu_ids(self):
-        with self.controller.gdb_access():
-            return super().vcpu_ids()
+        """Never an error: while the guest runs, the vcpus seen last (thread lists)."""
+        try:
+            with self.controller.gdb_access():
+                self._vcpus = super().vcpu_ids()
+        except TargetError:
+            pass
+        return list(self._vcpus)
 
     def describe_vcpu(self, vcpu: int) -> str:
-        with self.controller.gdb_access():
-            return super().describe_vcpu(vcpu)
+        try:
+            with self.controller.gdb_access():
+                return super().describe_vcpu(vcpu)
+        except TargetError:
+            return f"vcpu{vcpu} running ({self.controller._runner_text()})"
 
     def read_register(self, vcpu: int, name: str) -> int:
         with self.controller.gdb_access():
@@ -273,15 +450,56 @@ class SharedSessionTarget(SessionTarget):
                 self.session.remove_watchpoint(*key)
 
     def resume(self, actions: ResumeActions) -> StopEvent:
-        with self.controller.gdb_run():
-            try:
-                event = super().resume(actions)
-            except SessionError as exc:
-                self.controller.gdb_stopped(None, str(exc))
-                raise
-            self._seen_stop = self.session.last_stop
-            self.controller.gdb_stopped(self.session.last_stop)
-        return event
+        """gdb's resume; the REPL's stop pauses it (held by the REPL, gdb keeps waiting)
+        until the REPL continues it or hands the stop to gdb."""
+        controller = self.controller
+        controller.gdb_resume_begins()
+        try:
+            while True:
+                if controller.gdb_interrupted():
+                    return self._interrupted_for_gdb()
+                with controller.gdb_run():
+                    held = controller.hold_requested_before_run() and \
+                        controller.hold_if_requested(self._stopped_here())
+                    if not held:
+                        try:
+                            event = super().resume(actions)
+                        except SessionError as exc:
+                            controller.gdb_stopped(None, str(exc))
+                            raise
+                        stop = self.session.last_stop
+                        held = stop is not None and event.reason is GdbStop.INTERRUPT \
+                            and controller.hold_if_requested(stop)
+                    if not held:
+                        self._seen_stop = self.session.last_stop
+                        controller.gdb_stopped(self.session.last_stop)
+                        return event
+                if controller.wait_release() == "to_gdb":
+                    return self._interrupted_for_gdb()
+        finally:
+            controller.gdb_resume_ends()
+
+    def _stopped_here(self) -> Stopped:
+        """An interrupt stop where the guest stands (engine held)."""
+        session = self.session
+        return Stopped(StopReason.interrupt, session.hv.current.vcpu_id, session.cpu.read("eip"),
+                       session.cpu.icount, detail="held by the REPL as gdb's run began")
+
+    def _interrupted_for_gdb(self) -> StopEvent:
+        """gdb's pending resume ends where the guest stands (SIGINT for gdb)."""
+        controller = self.controller
+        with controller.engine_after_hold() as session:
+            self._register_cache = None
+            vcpu = session.hv.current.vcpu_id
+            self._seen_stop = session.last_stop
+            self._stop = StopEvent(vcpu, GdbStop.INTERRUPT)
+            controller._notify(StopNotice(None, Runner.gdb, note="the guest is gdb's again: "
+                                          "its resume ended here (it holds the guest stopped)"))
+        return self._stop
+
+    def request_stop(self) -> None:
+        """gdb's interrupt: also ends a hold of the REPL's (thread-safe)."""
+        self.controller.gdb_interrupt()
 
     def stop_state(self) -> StopEvent:
         """Why the guest is stopped, including stops the REPL's runs ended in."""
@@ -301,7 +519,12 @@ class SharedSessionTarget(SessionTarget):
         self.detach()
 
     def detach(self) -> None:
+        """Non-stop gdb may detach while its resume runs: that resume is ended first."""
         controller = self.controller
+        if controller.gdb_pending:
+            controller.gdb_interrupt()
+            if not controller.wait_gdb_resume_end(GDB_ATTACH_STOP_TIMEOUT_S):
+                raise TargetError("the guest did not stop for gdb to detach")
         with controller.gdb_access():
             for guest_va in controller.gdb_breakpoints - controller.repl_breakpoints:
                 self.session.remove_breakpoint(guest_va)

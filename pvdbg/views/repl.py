@@ -180,9 +180,11 @@ class Repl:
                 lambda: predicate("\n".join(self.transcript)), timeout)
 
     def _gdb_text(self) -> str | None:
-        if self.gdb_label is None:
-            return None
-        return "gdb attached" if self.controller.gdb_attached else self.gdb_label()
+        """Who holds the guest when gdb is attached (the status line's gdb part)."""
+        holder = self.controller.holder_text()
+        if holder is not None or self.gdb_label is None:
+            return holder
+        return self.gdb_label()
 
     # -- stops (called by the Controller with the engine held) -------------------------
     def _on_stop(self, notice: StopNotice) -> None:
@@ -192,6 +194,12 @@ class Repl:
             self.post(render.error_text(f"the run ended with an engine error: {notice.error}"))
         elif notice.stop is not None:
             self.post(self._describe_stop(notice.stop, who))
+            if notice.held:
+                self.post(FormattedText([("class:dim", "the REPL holds the guest; gdb still "
+                                          "waits for its continue: continue hands the guest "
+                                          "back to it, stop --to-gdb ends it with SIGINT\n")]))
+        elif notice.note:
+            self.post(FormattedText([("class:dim", notice.note + "\n")]))
         self._status_cache = gather.gather_status(session, None, self._gdb_text())
 
     def _describe_stop(self, stop: Stopped, who: str) -> FormattedText:
@@ -280,9 +288,10 @@ class Repl:
         attached = self.controller.gdb_attached
         if attached != self._gdb_attached_seen:
             self._gdb_attached_seen = attached
-            self.emit(FormattedText([("class:dim", "gdb attached: it controls execution; stop "
-                                                   "and inspect from here\n" if attached else
-                                      "gdb detached\n")]))
+            self.emit(FormattedText([("class:dim", "gdb attached: it holds the guest; while "
+                                                   "gdb's continue runs, stop holds the guest "
+                                                   "here and continue resumes it\n" if attached
+                                      else "gdb detached\n")]))
         if self._wait_app is not None and not self.controller.running:
             self._wait_app.exit()
         running = self.controller.running
@@ -460,10 +469,12 @@ class Repl:
         return 0
 
     def shutdown(self) -> None:
-        """Stop a guest the REPL is running before leaving."""
+        """Stop a guest the REPL is running before leaving; a hold goes back to gdb."""
         if self.controller.runner is Runner.repl:
             self.stop_guest()
             self.controller.wait_stopped(EXIT_STOP_TIMEOUT_S)
+        if self.controller.held:
+            self.controller.request_stop(to_gdb=True)
 
 
 def _words(line: str) -> list[str]:
@@ -571,12 +582,25 @@ def _continue(repl: Repl, args: list[str]) -> FormattedText:
     return FormattedText([("class:dim", "continuing\n")])
 
 
-@command("stop", "stop", "stop the running guest (also Ctrl-C); gdb sees SIGINT if it resumed "
-                         "the guest", aliases=("interrupt",), scope="repl", live=True)
+@command("stop", "stop [--to-gdb]", "stop the running guest (also Ctrl-C); a guest gdb "
+                                    "resumed is held here while gdb waits (continue resumes "
+                                    "it); --to-gdb ends gdb's resume with SIGINT instead",
+         aliases=("interrupt",), scope="repl", live=True, complete=("--to-gdb",))
 def _stop(repl: Repl, args: list[str]) -> FormattedText | None:
-    if not repl.controller.running:
-        raise MonitorError("the guest is not running")
-    repl.stop_guest()
+    if args not in ([], ["--to-gdb"]):
+        raise MonitorError("usage: stop [--to-gdb]")
+    controller = repl.controller
+    to_gdb = bool(args)
+    if to_gdb and not controller.gdb_pending:
+        raise MonitorError("gdb has no resume waiting for a stop" if controller.gdb_attached
+                           else "gdb is not attached")
+    if not controller.running and not to_gdb:
+        raise MonitorError("the guest is not running" + (
+            " (the REPL holds it; gdb waits: continue or stop --to-gdb)"
+            if controller.held else ""))
+    if controller.request_stop(to_gdb=to_gdb):
+        repl.post(FormattedText([("class:dim", "stopping the guest...\n" if not to_gdb else
+                                  "handing the guest to gdb (SIGINT)...\n")]))
     return None
 
 
@@ -779,8 +803,9 @@ def _gdb(repl: Repl, args: list[str]) -> FormattedText:
     if repl.gdb_label is None:
         return render.message("no GDB stub: start the REPL with --gdb PORT")
     label = repl.gdb_label()
-    state = "attached" if repl.controller.gdb_attached else "not attached"
-    return render.message(f"{label}: gdb {state}")
+    holder = repl.controller.holder_text()
+    return render.message(f"{label}: gdb attached, {holder}" if holder else
+                          f"{label}: gdb not attached")
 
 
 @command("quit", "quit", "leave pvdbg (also Ctrl-D); a running guest is stopped first",
