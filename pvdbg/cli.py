@@ -32,8 +32,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_guest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("guest", nargs="?", help="PV kernel ELF (default: the bundled seed guest)")
-    p.add_argument("--memory", type=int, default=64, metavar="MiB", help="guest RAM (default 64)")
+    p.add_argument("--memory", type=int, default=None, metavar="MiB",
+                   help="guest RAM (default 64; 256 for 64-bit guests)")
     p.add_argument("--cmdline", default="", help="guest command line (start_info.cmd_line)")
+    p.add_argument("--initrd", metavar="FILE",
+                   help="initial ramdisk, loaded as the start_info module (64-bit guests)")
     p.add_argument("--identity-p2m", action="store_true",
                    help="give the guest pfn == mfn instead of a shuffled P2M")
     p.add_argument("--clock", choices=("icount", "host"), default="icount",
@@ -111,7 +114,8 @@ def _open_session(args, trace_file: IO[str] | None):
         keys.append((path, value))
     options = SessionOptions(memory_mib=args.memory, cmdline=args.cmdline, clock=args.clock,
                              p2m_seed=None if args.identity_p2m else args.p2m_seed,
-                             disks=disks, xenstore=tuple(keys))
+                             disks=disks, xenstore=tuple(keys),
+                             initrd=getattr(args, "initrd", None))
     if getattr(args, "trace_buffer", None) is not None:
         options = dataclasses.replace(options, trace_capacity=args.trace_buffer)
     try:
@@ -246,7 +250,11 @@ def _gdbscript_path() -> str:
 
 
 def _guest_option_words(args) -> list[str]:
-    words = ["--memory", str(args.memory), "--clock", args.clock, "--p2m-seed", hex(args.p2m_seed)]
+    words = ["--clock", args.clock, "--p2m-seed", hex(args.p2m_seed)]
+    if args.memory is not None:
+        words += ["--memory", str(args.memory)]
+    if getattr(args, "initrd", None):
+        words += ["--initrd", str(Path(args.initrd).resolve())]
     if args.cmdline:
         words += ["--cmdline", args.cmdline]
     if args.identity_p2m:

@@ -31,6 +31,7 @@ from .until import (AtAddress, Condition, ConsoleText, HypercallDone, Instructio
 
 DEFAULT_SLICE = 2_000_000          # instructions per emu_start when nothing is watched
 HOST_SLICE_US = 20_000             # wall-clock slice with clock="host"
+HOST_COUNTED_PREFIX = 50_000       # clock="host": a run's first slice, counted (see run)
 INPUT_WAIT_S = 0.25                # longest sleep while the guest waits for console input
 ASYNC_STOP_GRACE_S = 1.0           # clock="host": wait this long for an exact stop
 
@@ -71,7 +72,7 @@ def bundled_guest_path() -> Path:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    memory_mib: int = 64
+    memory_mib: int | None = None     # None: 64 MiB for 32-bit guests, 256 for 64-bit
     cmdline: str = ""
     p2m_seed: int | None = 0x5EED
     vcpus: int = 1
@@ -79,6 +80,7 @@ class SessionOptions:
     clock: str = "icount"      # "icount": exact counts, deterministic; "host": full speed
     disks: tuple[DiskSpec, ...] = ()   # raw images served as PV disks xvda, xvdb, ...
     xenstore: tuple[tuple[str, str], ...] = ()   # extra (path, value) keys for the toolstack
+    initrd: str | None = None          # 64-bit guests: loaded as the start_info module
 
 
 class Session:
@@ -86,7 +88,12 @@ class Session:
                  trace_file: IO[str] | None = None) -> None:
         self.image = image
         self.options = options
-        built = build_domain(image, BuildOptions(memory_mib=options.memory_mib,
+        if image.elfclass == 64:
+            self._init_64bit(image, options, trace_file)
+            return
+        if options.initrd:
+            raise SessionError("--initrd is only supported for 64-bit guests")
+        built = build_domain(image, BuildOptions(memory_mib=options.memory_mib or 64,
                                                  cmdline=options.cmdline,
                                                  p2m_seed=options.p2m_seed, vcpus=options.vcpus))
         self.trace = TraceLog(options.trace_capacity, trace_file)
@@ -107,11 +114,38 @@ class Session:
             raise SessionError(f"clock must be 'icount' or 'host', not {options.clock!r}")
         self.cpu.counting = options.clock == "icount"
 
+    def _init_64bit(self, image: GuestImage, options: SessionOptions,
+                    trace_file: IO[str] | None) -> None:
+        """A 64-bit PV domain (pvdbg/xen/pv64): same run loop and dom0 daemons, no disks yet."""
+        from .xen.pv64.domain import create_hypervisor64
+        if options.disks:
+            raise SessionError("PV disks are not supported for 64-bit guests yet")
+        self.trace = TraceLog(options.trace_capacity, trace_file)
+        self.hv = create_hypervisor64(image, memory_mib=options.memory_mib,
+                                      cmdline=options.cmdline, p2m_seed=options.p2m_seed,
+                                      vcpus=options.vcpus, trace=self.trace,
+                                      initrd=options.initrd)
+        self.cpu = self.hv.cpu
+        try:
+            self.devices = attach_devices(self.hv, kernel=image.path, cmdline=options.cmdline,
+                                          xenstore=options.xenstore)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
+        self.console_input = ConsoleInput()
+        self.input_watch = InputPollWatch(self.hv, self.devices, self.console_input)
+        self._interrupt = threading.Event()
+        self.last_stop: Stopped | None = None
+        self.debug = DebugState(self.hv)
+        if options.clock not in ("icount", "host"):
+            raise SessionError(f"clock must be 'icount' or 'host', not {options.clock!r}")
+        self.cpu.counting = options.clock == "icount"
+
     @classmethod
     def open(cls, path: str | Path | None = None, options: SessionOptions = SessionOptions(),
              trace_file: IO[str] | None = None) -> "Session":
         """Load and build a guest; `path` None means the bundled seed guest."""
-        image = load_guest_image(str(path) if path is not None else str(bundled_guest_path()))
+        image = load_guest_image(str(path) if path is not None else str(bundled_guest_path()),
+                                 allow_64bit=True)
         return cls(image, options, trace_file)
 
     # -- execution ---------------------------------------------------------------
@@ -144,6 +178,7 @@ class Session:
         deadline = None if timeout is None else time.monotonic() + timeout
         limit = None if max_insns is None else self.cpu.icount + max_insns
         self.debug.skip_breakpoint_at = self.cpu.read("eip")
+        counted_prefix = not self.cpu.counting
         while True:
             if self.hv.current.blocked:      # every vcpu sleeps: skip to a waking timer
                 why = self.hv.scheduler.idle(self._interrupt, deadline)
@@ -167,6 +202,13 @@ class Session:
             try:
                 if self.cpu.counting or limit is not None:
                     self.cpu.run(budget)
+                elif counted_prefix:
+                    # clock="host": a short counted slice first. A debugger's breakpoint
+                    # or watchpoint hit soon after the start then leaves only counted
+                    # translations, and its next step needs no retranslation (X86Cpu.run).
+                    counted_prefix = False
+                    self.cpu.exact = False   # the host clock keeps no instruction counts
+                    self.cpu.run(HOST_COUNTED_PREFIX)
                 else:
                     self._run_uncounted(deadline)
             except CpuError as exc:
@@ -269,8 +311,9 @@ class Session:
         return self._stopped(StopReason.catch, hit.message, address=hit.address)
 
     def _in_hypervisor_code(self) -> bool:
-        from .xen.entry import TRAMPOLINE_VA
-        return TRAMPOLINE_VA <= self.cpu.read("eip") < TRAMPOLINE_VA + 4096
+        from .xen.entry import TRAMP3_VA, TRAMPOLINE_VA
+        eip = self.cpu.read("eip")
+        return TRAMPOLINE_VA <= eip < TRAMPOLINE_VA + 4096 or TRAMP3_VA <= eip < TRAMP3_VA + 4096
 
     def _step_one_raw(self) -> None:
         """One guest instruction, then through any of Xen's own trampolines."""

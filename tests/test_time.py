@@ -237,7 +237,9 @@ period: .long 2000000, 0
 """ + TIMER_GUEST, name="hostclock", clock="host")
     stop = s.run(timeout=10)
     assert stop.reason is StopReason.shutdown, (stop, s.crash and s.crash.reason)
-    assert u32(s, "ticks") == 2
+    # Wall-clock ticks keep coming while the guest heads for SCHEDOP_shutdown: on a loaded
+    # host a third period can expire between the guest's check and its poweroff.
+    assert u32(s, "ticks") >= 2
     assert s.hv.time.mode == "host"
 
 

@@ -186,10 +186,15 @@ def _probe_counter() -> int | None:
 class X86Cpu:
     """One Unicorn CPU over `memory`.  Hooks go to `sink`."""
 
+    UC_MODE = UC_MODE_32             # the 64-bit CPU (cpu64.py) overrides these four
+    REGISTER_IDS = REGISTERS
+    VALUE_MASK = 0xFFFFFFFF
+    FRAME_REGS = FRAME_REGS
+
     def __init__(self, memory: MachineMemory, sink: InterruptSink) -> None:
         self.calibration = calibrate()
         self.memory = memory
-        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc = Uc(UC_ARCH_X86, self.UC_MODE)
         self.uc.ctl_set_tlb_mode(UC_TLB_CPU)
         # emu_start's `until` address is an exit: a block starting there runs nothing
         # (so a guest whose entry or jump target is that address would stop dead), and
@@ -214,8 +219,9 @@ class X86Cpu:
                                                    # first hook after it
         self.async_stops = 0
         self._translated_uncounted = False   # blocks cached without Unicorn's count hook
-        self._hc_batch = _RawBatch(self.uc, _HC_NAMES)
-        self._frame_batch = _RawBatch(self.uc, FRAME_REGS)
+        self._stepped_since_uncounted = False   # a step retranslated its block since then
+        self._hc_batch = self._new_batch(_HC_NAMES)
+        self._frame_batch = self._new_batch(self.FRAME_REGS)
         self._read_batches: dict[tuple[str, ...], _RawBatch] = {}
         self._write_batches: dict[tuple[str, ...], _RawBatch] = {}
         from unicorn.unicorn_py3.unicorn import uclib
@@ -291,11 +297,12 @@ class X86Cpu:
         hook stops it (`stop`, `stop_at_event`, `event_deadline`); the count is unknown
         (returns 0).  `timeout_us` is kept for callers and ignored: Unicorn's own timeout
         stops asynchronously (see `stop_asynchronously`)."""
-        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        eip = self.read("eip")   # RIP on the 64-bit CPU
         self._slice_fault_adjust = 0
         if not counted:
             self.exact = False
             self._translated_uncounted = True
+            self._stepped_since_uncounted = False
             self.in_run = True
             try:
                 self.uc.emu_start(eip, 0, count=0)
@@ -307,8 +314,16 @@ class X86Cpu:
         if self._translated_uncounted:
             # Unicorn adds its count hook without retranslating: blocks cached by an
             # uncounted run would ignore count= (a step would run on to the next hook).
-            self.uc.ctl_flush_tb()
-            self._translated_uncounted = False
+            # The first single step after such a run, when its instruction does not end
+            # its block, retranslates just that block: the count stops the step at the
+            # block's next instruction (a debugger's step off a breakpoint, a watchpoint's
+            # re-execution; measured: the full flush costs ~100 us of retranslation).
+            if max_insns == 1 and not self._stepped_since_uncounted and self._block_goes_on(eip):
+                self.uc.ctl_remove_cache(eip, eip + 1)
+                self._stepped_since_uncounted = True
+            else:
+                self.uc.ctl_flush_tb()
+                self._translated_uncounted = False
         self.in_run = True
         try:
             self.uc.emu_start(eip, 0, count=max_insns)
@@ -323,6 +338,21 @@ class X86Cpu:
             done = max(0, min(counted, max_insns) - self._slice_fault_adjust)
         self.retired += done
         return done
+
+    def _block_goes_on(self, eip: int) -> bool:
+        """True when the translated block starting at `eip` holds more than the one
+        instruction there. Translating it is an instruction fetch: if that faulted
+        (CR2 moved), CR2 and the in-flight exception are put back and False returned."""
+        cr2 = self.read("cr2")
+        try:
+            instructions = self.uc.ctl_request_cache(eip)[1]      # (pc, icount, size)
+        except UcError:
+            instructions = 0
+        if self.read("cr2") != cr2:
+            self.clear_exception_in_flight()
+            self.write("cr2", cr2)
+            return False
+        return instructions >= 2
 
     def stop(self) -> None:
         """From inside a hook: stop the current run() after this hook (exact)."""
@@ -342,17 +372,20 @@ class X86Cpu:
     def read(self, name: str) -> int:
         batch = self._read_batches.get((name,))
         if batch is None:
-            batch = self._read_batches[(name,)] = _RawBatch(self.uc, (name,))
+            batch = self._read_batches[(name,)] = self._new_batch((name,))
         return batch.read()[0]
 
     def write(self, name: str, value: int) -> None:
-        self.uc.reg_write(REGISTERS[name], value)
+        self.uc.reg_write(self.REGISTER_IDS[name], value)
+
+    def _new_batch(self, names: tuple[str, ...]) -> "_RawBatch":
+        return _RawBatch(self.uc, names, self.REGISTER_IDS, self.VALUE_MASK)
 
     def read_many(self, names: tuple[str, ...] | list[str]) -> dict[str, int]:
         key = tuple(names)
         batch = self._read_batches.get(key)
         if batch is None:
-            batch = self._read_batches[key] = _RawBatch(self.uc, key)
+            batch = self._read_batches[key] = self._new_batch(key)
         return dict(zip(key, batch.read()))
 
     def write_many(self, values: dict[str, int]) -> None:
@@ -360,11 +393,11 @@ class X86Cpu:
         key = tuple(values)
         batch = self._write_batches.get(key)
         if batch is None:
-            batch = self._write_batches[key] = _RawBatch(self.uc, key)
+            batch = self._write_batches[key] = self._new_batch(key)
         batch.write(values.values())
 
     def frame_registers(self) -> dict[str, int]:
-        return dict(zip(FRAME_REGS, self._frame_batch.read()))
+        return dict(zip(self.FRAME_REGS, self._frame_batch.read()))
 
     def hypercall_registers(self) -> list[int]:
         """[eax, ebx, ecx, edx, esi, edi, ebp, eip, esp] in one raw batch."""
@@ -431,13 +464,15 @@ class _RawBatch:
     """A preallocated uc_reg_read_batch over fixed registers, skipping the binding's
     per-register type lookup (the binding costs ~15 µs for a 9-register batch)."""
 
-    def __init__(self, uc: Uc, names: tuple[str, ...]) -> None:
+    def __init__(self, uc: Uc, names: tuple[str, ...], registers: dict[str, int] = REGISTERS,
+                 mask: int = 0xFFFFFFFF) -> None:
         from unicorn.unicorn_py3.unicorn import uclib
         self._fn = uclib.uc_reg_read_batch
         self._write = uclib.uc_reg_write_batch
         self._handle = uc._uch
         n = len(names)
-        self._ids = (ctypes.c_int * n)(*(REGISTERS[x] for x in names))
+        self._ids = (ctypes.c_int * n)(*(registers[x] for x in names))
+        self._mask = mask
         self._vals = (ctypes.c_uint64 * n)()
         base = ctypes.addressof(self._vals)
         self._ptrs = (ctypes.c_void_p * n)(*(base + 8 * i for i in range(n)))
@@ -446,7 +481,8 @@ class _RawBatch:
     def read(self) -> list[int]:
         if self._fn(self._handle, self._ids, self._ptrs, self._n) != 0:
             raise CpuError("uc_reg_read_batch failed")
-        return [v & 0xFFFFFFFF for v in self._vals]
+        mask = self._mask
+        return [v & mask for v in self._vals]
 
     def write(self, values) -> None:
         """uc_reg_write_batch of `values`, in the order of the batch's registers."""

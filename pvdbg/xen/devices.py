@@ -124,8 +124,9 @@ class PvDevices:
     # -- set-up ------------------------------------------------------------------------
     def _start_info(self) -> StartInfo32:
         hv = self.hv
+        layout = getattr(hv, "START_INFO_LAYOUT", StartInfo32)    # StartInfo64 for 64-bit
         try:
-            return StartInfo32.from_bytes(hv.guest.read(hv.layout.start_info_va, StartInfo32.SIZE))
+            return layout.from_bytes(hv.guest.read(hv.layout.start_info_va, layout.SIZE))
         except GuestFault as fault:
             raise ValueError(f"start_info is not readable: {fault}") from None
 

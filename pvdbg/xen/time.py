@@ -133,13 +133,14 @@ class TimeKeeper:
         else:
             boot_ns = WALLCLOCK_EPOCH_S * 1_000_000_000
         sec, nsec = divmod(boot_ns, 1_000_000_000)
+        layout = getattr(self.hv, "SHARED_INFO_LAYOUT", SharedInfo32)   # 32- or 64-bit ABI
         self.wc_version = (self.wc_version + 1) | 1
-        mem.write_u32(base + SharedInfo32.offset_of("wc_version"), self.wc_version)
-        mem.write_u32(base + SharedInfo32.offset_of("wc_sec"), sec & 0xFFFFFFFF)
-        mem.write_u32(base + SharedInfo32.offset_of("wc_nsec"), nsec)
-        mem.write_u32(base + SharedInfo32.offset_of("wc_sec_hi"), sec >> 32)
+        mem.write_u32(base + layout.offset_of("wc_version"), self.wc_version)
+        mem.write_u32(base + layout.offset_of("wc_sec"), sec & 0xFFFFFFFF)
+        mem.write_u32(base + layout.offset_of("wc_nsec"), nsec)
+        mem.write_u32(base + layout.offset_of("wc_sec_hi"), sec >> 32)
         self.wc_version += 1
-        mem.write_u32(base + SharedInfo32.offset_of("wc_version"), self.wc_version)
+        mem.write_u32(base + layout.offset_of("wc_version"), self.wc_version)
 
     # -- timers ------------------------------------------------------------------------
     def next_deadline(self) -> int | None:
