@@ -143,10 +143,12 @@ def ceiling(guest: run_gdb.GuestBuild) -> None:
     instructions = run_gdb.INSNS_OUTSIDE_LOOP + run_gdb.INSNS_PER_ITERATION * CEILING_ITERATIONS
     iterations = CEILING_ITERATIONS.to_bytes(4, "little")
 
-    def bare(counted: bool, hooks: bool = False) -> float:
-        """`hooks`: what a pvdbg session always has while gdb waits at a breakpoint:
-        one code hook bounded to one address (the breakpoint, off the loop) and one
-        read hook bounded to 4 bytes (the console input poll watch, guestinput.py)."""
+    def bare(counted: bool, hooks: bool = False, read_hook: bool = True) -> float:
+        """`hooks`: what a pvdbg session has while gdb waits at a breakpoint: one code
+        hook bounded to one address (gdb's breakpoint, off the loop) and, with
+        `read_hook`, one read hook bounded to 4 bytes (the console input poll watch,
+        guestinput.py, which a free run of a guest that neither polls nor makes a
+        hypercall drops after QUIET_INSNS_BEFORE_UNHOOK instructions)."""
         uc = Uc(UC_ARCH_X86, UC_MODE_32)
         run_gdb._map_segments(uc, guest)
         uc.reg_write(X.UC_X86_REG_EBX, data)
@@ -155,8 +157,9 @@ def ceiling(guest: run_gdb.GuestBuild) -> None:
             unused = guest.sym("bench_buffer")
             uc.hook_add(UC_HOOK_CODE, lambda *_: None, None, begin=done + 0x100,
                         end=done + 0x100)
-            uc.hook_add(UC_HOOK_MEM_READ, lambda *_: None, None, begin=unused,
-                        end=unused + 3)
+            if read_hook:
+                uc.hook_add(UC_HOOK_MEM_READ, lambda *_: None, None, begin=unused,
+                            end=unused + 3)
         start = time.perf_counter()
         uc.emu_start(outer, done, count=instructions if counted else 0)
         return instructions / (time.perf_counter() - start)
@@ -176,11 +179,14 @@ def ceiling(guest: run_gdb.GuestBuild) -> None:
     figures: dict[str, list[float]] = {"bare Unicorn, no count": [],
                                        "bare Unicorn, count=N": [],
                                        "bare, count=N + pvdbg's 2 hooks": [],
+                                       "bare, count=N + breakpoint hook": [],
                                        "pvdbg icount free run": []}
     for _ in range(3):
         figures["bare Unicorn, no count"].append(bare(False))
         figures["bare Unicorn, count=N"].append(bare(True))
         figures["bare, count=N + pvdbg's 2 hooks"].append(bare(True, hooks=True))
+        figures["bare, count=N + breakpoint hook"].append(bare(True, hooks=True,
+                                                               read_hook=False))
         figures["pvdbg icount free run"].append(pvdbg_icount())
     raw = statistics.median(figures["bare Unicorn, no count"])
     print(f"\nThe icount clock's ceiling ({instructions:,} instructions of the bench loop, "

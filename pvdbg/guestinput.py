@@ -42,6 +42,8 @@ class ConsoleInput:
 
     def take(self) -> bytes:
         """Everything fed so far (run-loop thread)."""
+        if not self._data and self.arrived.is_set() == self.closed:
+            return b""                   # nothing fed, `arrived` already as take leaves it
         with self._lock:
             data = bytes(self._data)
             self._data.clear()
@@ -55,6 +57,7 @@ class ConsoleInput:
             return bool(self._data)
 
 
+QUIET_INSNS_BEFORE_UNHOOK = 1_000_000   # icount clock: instructions with no poll, no record
 POLLS_BEFORE_IDLE = 8        # reads of an empty in[] with nothing else done: the guest waits
 _RESETTING_KINDS = frozenset({TraceKind.hypercall, TraceKind.multicall_entry, TraceKind.console,
                               TraceKind.xenstore, TraceKind.blkif, TraceKind.upcall})
@@ -71,6 +74,19 @@ class InputPollWatch:
     then sleeps until input arrives.  A read of an empty ring while input is queued
     stops the slice too, so the input is delivered at once.  Stops come at fixed
     instruction counts, so an icount run stays deterministic.
+
+    A read hook makes Unicorn route every load of the blocks translated while it exists
+    through its slow path (a bench loop: 79 -> 63 M insn/s counted), so the hook exists
+    only while the guest may poll: from the start, until whole slices (`slice_ended`,
+    not cut short by a debugger stop) covering QUIET_INSNS_BEFORE_UNHOOK instructions
+    pass with neither a read of in_prod nor a resetting record; it is installed again
+    after a slice with such a record (a guest that goes on to poll says something
+    first: GRUB prints its prompt), or at a run's start with input queued.  Both
+    choices are made between slices, at deterministic counts under the icount clock.
+    The host clock has no counts and its slices end only at a hook: there one whole
+    quiet slice (the run's counted first slice, or one of >= HOST_SLICE_US) drops it.
+    A guest that starts to poll after a silent stretch with no record at all is not
+    noticed until it makes one.
     """
 
     def __init__(self, hv, devices, console_input: ConsoleInput) -> None:
@@ -83,20 +99,83 @@ class InputPollWatch:
         self.ever_polled = threading.Event()     # the guest has read its input ring once
         self._in_prod = devices.input_ring_maddr()
         self._in_cons = self._in_prod - 4        # xencons_interface: in_cons, in_prod
+        self._read_in_slice = False              # in_prod read since the last slice_ended
+        self._active_in_slice = False            # a resetting record since then
+        # The icount since which the guest neither polled nor made a record (None: host).
+        self._quiet_since: int | None = None
         hv.listeners.append(self)
-        self._hook = hv.cpu.uc.hook_add(UC_HOOK_MEM_READ, self._on_read, None,
-                                        self._in_prod, self._in_prod + 3)
+        self._hook: int | None = None
+        self._install()
+
+    @property
+    def installed(self) -> bool:
+        """The read hook exists (translated code checks for it)."""
+        return self._hook is not None
+
+    def _install(self) -> None:
+        self._hook = self.hv.cpu.uc.hook_add(UC_HOOK_MEM_READ, self._on_read, None,
+                                             self._in_prod, self._in_prod + 3)
+        self._quiet_since = self.hv.cpu.icount   # a quiet stretch counts from here
+        self._retranslate()
+
+    def _uninstall(self) -> None:
+        self.hv.cpu.uc.hook_del(self._hook)
+        self._hook = None
+        self.polls = 0
+        self._retranslate()
+
+    def _retranslate(self) -> None:
+        """Unicorn decides at translation time whether loads check memory hooks."""
+        self.hv.cpu.uc.ctl_flush_tb()
+        self.hv.cpu.flush_tlb()
+
+    def reset(self) -> None:
+        """Machine state replaced (a snapshot restored): watch from the start again."""
+        self.rearm()
+        self._read_in_slice = self._active_in_slice = False
+        if self._hook is None:
+            self._install()
+        self._quiet_since = self.hv.cpu.icount
+
+    def slice_ended(self, whole: bool) -> None:
+        """Between slices (run loop, outside emu_start): add or drop the hook.  `whole`:
+        the slice was not cut short by a debugger stop; only those can show the guest
+        stopped polling, other slices carry their reads and records over (to `rearm`)."""
+        if not whole:
+            return
+        now = self.hv.cpu.icount
+        if self._read_in_slice or self._active_in_slice:
+            self._quiet_since = now
+            if self._hook is None and self._active_in_slice:
+                self._install()
+        elif self._hook is not None:
+            since = self._quiet_since
+            if now is None or (since is not None and now - since >= QUIET_INSNS_BEFORE_UNHOOK):
+                self._uninstall()
+        self._read_in_slice = self._active_in_slice = False
 
     def on_trace(self, record: TraceRecord) -> None:
         if record.kind in _RESETTING_KINDS:
             self.polls = 0
+            self._active_in_slice = True
 
     def rearm(self) -> None:
-        """The run loop handled a stop: count afresh."""
+        """The run loop handled a stop: count afresh, settle what the last slices saw.
+        With input queued and no hook, the hook comes back: a guest polling for it gets
+        it on its next read."""
         self.polls = 0
         self.waiting = False
+        if self._read_in_slice or self._active_in_slice:   # seen before this run: settled
+            self._quiet_since = self.hv.cpu.icount
+            if self._active_in_slice and self._hook is None:
+                self._install()
+            self._read_in_slice = self._active_in_slice = False
+        if self._hook is None and (self.devices.console.pending_input
+                                   or self.console_input.pending()):
+            self._install()
 
     def _on_read(self, uc, access, address, size, value, user_data) -> None:
+        self._read_in_slice = True
         if not self.ever_polled.is_set():
             self.ever_polled.set()
         if self.muted:
