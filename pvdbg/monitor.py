@@ -117,7 +117,8 @@ def _int(word: str, what: str) -> int:
 def address_of(session, text: str) -> int:
     """An address expression (symbol+off, $reg, number) on this session."""
     try:
-        return eval_address(text, session.symbol, lambda name: session.registers()[name])
+        return eval_address(text, session.symbol, lambda name: session.registers()[name],
+                            bits=getattr(session.hv, "guest_bits", 32))
     except AddressError as exc:
         raise MonitorError(str(exc)) from None
 
@@ -378,14 +379,16 @@ def _vcpu(session, args: list[str]) -> Output:
     return FormattedText(out)
 
 
-@command("pt", "pt ADDRESS",
+@command("pt", "pt ADDRESS [TABLE-MFN]",
          "the pagetable walk of a guest virtual address: each level's table (type, pinned), "
-         "entry, flags, frame, RO/RW; a writable pagetable mapping is an error",
+         "entry, flags, frame, RO/RW; a writable pagetable mapping is an error (TABLE-MFN: "
+         "walk through that top-level table, e.g. one just pinned, instead of CR3's)",
          aliases=("walk",), complete=("@symbol",))
 def _pt(session, args: list[str]) -> Output:
-    if len(args) != 1:
-        raise MonitorError("usage: pt ADDRESS")
-    view = _view(hvviews.pt_walk, session.hv, address_of(session, args[0]))
+    if len(args) not in (1, 2):
+        raise MonitorError("usage: pt ADDRESS [TABLE-MFN]")
+    table_mfn = _int(args[1], "table mfn") if len(args) == 2 else None
+    view = _view(hvviews.pt_walk, session.hv, address_of(session, args[0]), table_mfn)
     return render.pt_walk_text(view, render.current_width())
 
 

@@ -174,10 +174,11 @@ def console_output(text: str) -> tuple[bytes, ...]:
 
 _WATCH_KEYS = {StopReason.WATCH: b"watch", StopReason.RWATCH: b"rwatch",
                StopReason.AWATCH: b"awatch"}
-EXPEDITED_REGISTERS = ("esp", "ebp", "eip")
+EXPEDITED_REGISTERS = ("esp", "ebp", "eip", "rsp", "rbp", "rip")
 """Sent in every stop reply as `NN:VALUE;` (gdb register number, target byte order),
 so gdb knows where the thread stopped and which frame it is in without asking for
-`g` (gdb manual, "Stop Reply Packets": `T AA n1:r1;n2:r2;...`)."""
+`g` (gdb manual, "Stop Reply Packets": `T AA n1:r1;n2:r2;...`). Those the target
+description lacks are left out: i386 sends the e* ones, x86-64 the r* ones."""
 
 
 class Stub:
@@ -186,7 +187,10 @@ class Stub:
     def __init__(self, target: Target, *, tdesc: TargetDescription | None = None,
                  table: CommandTable = RSP, max_packet_size: int = MAX_PACKET_SIZE) -> None:
         self.target = target
-        self.tdesc = tdesc if tdesc is not None else load_target_description()
+        # A target may name its own description (`target_description`, e.g. x86-64
+        # for a 64-bit guest); the packed `g` fast path follows the target's one.
+        own_tdesc = getattr(target, "target_description", None) or load_target_description()
+        self.tdesc = tdesc if tdesc is not None else own_tdesc
         self.table = table
         self.max_packet_size = max_packet_size
         self.peer_features: frozenset[bytes] = frozenset()   # from gdb's qSupported
@@ -202,7 +206,7 @@ class Stub:
         # Optional fast paths a Target may offer (target.py, "Optional"; engine's
         # SessionTarget does): without them the generic path is taken.
         g_packet = getattr(target, "g_packet", None)
-        self._g_packet = g_packet if self.tdesc is load_target_description() else None
+        self._g_packet = g_packet if self.tdesc is own_tdesc else None
         self._resume_is_quick = getattr(target, "resume_is_quick", None)
         self._inline_resumes = bool(getattr(target, "inline_resumes", False))
 

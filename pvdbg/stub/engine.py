@@ -5,16 +5,19 @@ table the REPL uses (pvdbg/monitor.py).
 """
 from __future__ import annotations
 
+import functools
 import shlex
 
 from unicorn.x86_const import (UC_X86_REG_FCS, UC_X86_REG_FDP, UC_X86_REG_FDS, UC_X86_REG_FIP,
                                UC_X86_REG_FOP, UC_X86_REG_FP0, UC_X86_REG_FPCW, UC_X86_REG_FPSW,
-                               UC_X86_REG_FPTAG, UC_X86_REG_MXCSR, UC_X86_REG_XMM0)
+                               UC_X86_REG_FPTAG, UC_X86_REG_MXCSR, UC_X86_REG_XMM0,
+                               UC_X86_REG_XMM8)
 
-from ..machine.paging import PageWalkError, walk_pae
+from ..machine.paging import PageWalkError
 from ..monitor import MonitorError, run_monitor
 from ..session import Session, StopReason as EngineStop
 from ..xen.guestmem import GuestFault
+from ..xen.mm_query import debugger_walk
 from .target import (BreakpointKind, MemoryAccessError, RegisterUnavailable, ResumeActions,
                      ResumeKind, StopEvent, StopReason, TargetError, UnsupportedBreakpoint)
 from .tdesc import load_target_description
@@ -31,6 +34,20 @@ _STOP_REGISTERS = ("esp", "ebp", "eip", "cs")
 """What every stop needs: the registers stop replies carry (commands.EXPEDITED_REGISTERS)
 and CS for the thread list's ring, read in one small batch when nothing else is asked
 for (a single step, a breakpoint hit)."""
+_CORE64 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+           "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "eflags",
+           "cs", "ss", "ds", "es", "fs", "gs", "fs_base", "gs_base",
+           "cr0", "cr2", "cr3", "cr4")
+_EXTENDED64 = (*_FPU, *(f"st{i}" for i in range(8)), *(f"xmm{i}" for i in range(16)))
+_EXTENDED64_IDS = (*_FPU.values(), *(UC_X86_REG_FP0 + i for i in range(8)),
+                   *(UC_X86_REG_XMM0 + i for i in range(8)),
+                   *(UC_X86_REG_XMM8 + i for i in range(8)))
+_STOP_REGISTERS64 = ("rsp", "rbp", "rip", "cs")
+_WRITABLE = {32: frozenset(("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip",
+                            "eflags")),
+             64: frozenset((*_CORE64[:18],))}
+"""Registers a debugger write goes straight to the CPU; segments, bases and CRs belong
+to the hypervisor."""
 PAGE_SIZE = 4096
 MAX_CACHED_PAGES = 4096            # translations kept (16 MiB of guest VA)
 _WATCH = {BreakpointKind.WRITE: "write", BreakpointKind.READ: "read",
@@ -49,6 +66,16 @@ class SessionTarget:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.guest_bits = getattr(session.hv, "guest_bits", 32)
+        self.target_description = load_target_description(self.guest_bits)
+        """What the stub serves as target.xml (commands.Stub picks it up)."""
+        wide = self.guest_bits == 64
+        self._core_names = _CORE64 if wide else _CORE
+        self._extended_names = _EXTENDED64 if wide else _EXTENDED
+        self._extended_ids = _EXTENDED64_IDS if wide else _EXTENDED_IDS
+        self._stop_names = _STOP_REGISTERS64 if wide else _STOP_REGISTERS
+        self._address_mask = (1 << self.guest_bits) - 1
+        self._g_layout = _g_layout(self.guest_bits)
         self._hw_breakpoints: set[int] = set()
         self._sw_breakpoints: set[int] = set()
         self._stop = StopEvent(0, StopReason.INTERRUPT, signal=5,
@@ -86,8 +113,12 @@ class SessionTarget:
     def describe_vcpu(self, vcpu: int) -> str:
         hv = self.session.hv
         pending, mask = self._upcall_bytes(vcpu)
-        ring = self.read_register(vcpu, "cs") & 3 if vcpu == hv.current.vcpu_id else "?"
         state = " blocked" if hv.vcpus[vcpu].blocked else ""
+        pv = getattr(hv.vcpus[vcpu], "pv", None)
+        if self.guest_bits == 64 and pv is not None:
+            mode = "kernel" if pv.kernel_mode else "user"
+            return f"vcpu{vcpu} {mode} mode upcall_mask={mask} pending={pending}{state}"
+        ring = self.read_register(vcpu, "cs") & 3 if vcpu == hv.current.vcpu_id else "?"
         return f"vcpu{vcpu} ring{ring} upcall_mask={mask} pending={pending}{state}"
 
     def _upcall_bytes(self, vcpu: int) -> bytes:
@@ -111,7 +142,7 @@ class SessionTarget:
         """The core registers and CRs in one raw batch, cached while stopped."""
         self._check_caches()
         if self._register_cache is None:
-            self._register_cache = self.session.cpu.read_many(_CORE)
+            self._register_cache = self.session.cpu.read_many(self._core_names)
         return self._register_cache
 
     def _extended(self) -> dict[str, int]:
@@ -119,7 +150,8 @@ class SessionTarget:
         self._check_caches()
         if self._extended_cache is None:
             cache = {}
-            for name, value in zip(_EXTENDED, self.session.cpu.uc.reg_read_batch(_EXTENDED_IDS)):
+            for name, value in zip(self._extended_names,
+                                   self.session.cpu.uc.reg_read_batch(self._extended_ids)):
                 if name.startswith("st"):
                     mantissa, exponent = value
                     value = (exponent & 0xFFFF) << 64 | mantissa
@@ -129,9 +161,9 @@ class SessionTarget:
 
     def read_register(self, vcpu: int, name: str) -> int:
         self._check_caches()
-        if self._register_cache is None and name in _STOP_REGISTERS:
+        if self._register_cache is None and name in self._stop_names:
             if self._stop_register_cache is None:
-                self._stop_register_cache = self.session.cpu.read_many(_STOP_REGISTERS)
+                self._stop_register_cache = self.session.cpu.read_many(self._stop_names)
             return self._stop_register_cache[name]
         value = self._registers().get(name)
         if value is not None:
@@ -143,7 +175,22 @@ class SessionTarget:
             return self._upcall_bytes(vcpu)[1]
         if name == "upcall_pending":
             return self._upcall_bytes(vcpu)[0]
+        if self.guest_bits == 64 and name in _PV64_REGISTERS:
+            return self._pv64_registers(vcpu)[name]
         raise RegisterUnavailable(f"no register {name}")
+
+    def _pv64_registers(self, vcpu: int) -> dict[str, int]:
+        """kernel_mode and the two GS bases of a 64-bit PV vcpu: the live GS base is
+        the one of the current mode, the other is kept by the hypervisor (Xen's
+        arch.pv.gs_base_kernel/gs_base_user)."""
+        pv = self.session.hv.vcpus[vcpu].pv
+        live = self._registers()["gs_base"]
+        if pv.kernel_mode:
+            kernel, user = live, pv.gs_base_user
+        else:
+            kernel, user = pv.gs_base_kernel, live
+        return {"kernel_mode": int(pv.kernel_mode), "gs_base_kernel": kernel,
+                "gs_base_user": user}
 
     def g_packet(self, vcpu: int) -> bytes | None:
         """The `g` reply for the packaged target description (hex, gdb's register
@@ -154,9 +201,11 @@ class SessionTarget:
         if self._g_cache is None:
             values = {**self._registers(), **self._extended()}
             values["upcall_pending"], values["upcall_mask"] = self._upcall_bytes(vcpu)
+            if self.guest_bits == 64:
+                values.update(self._pv64_registers(vcpu))
             self._g_cache = b"".join(
                 (values[name] & mask).to_bytes(nbytes, "little")
-                for name, nbytes, mask in _g_layout()).hex().encode("ascii")
+                for name, nbytes, mask in self._g_layout).hex().encode("ascii")
         return self._g_cache
 
     def write_register(self, vcpu: int, name: str, value: int) -> None:
@@ -164,9 +213,10 @@ class SessionTarget:
         cpu = self.session.cpu
         if name == "eflags":
             value = value & EFLAGS_FROM_DEBUGGER | 0x202      # bit 1 reads as 1; IF on
-        if name in ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags"):
+        if name in _WRITABLE[self.guest_bits]:
             cpu.write(name, value)
-        elif name in ("cs", "ss", "ds", "es", "fs", "gs", "cr0", "cr2", "cr3", "cr4"):
+        elif name in ("cs", "ss", "ds", "es", "fs", "gs", "cr0", "cr2", "cr3", "cr4",
+                      "fs_base", "gs_base", *_PV64_REGISTERS):
             raise RegisterUnavailable(f"{name} is owned by the hypervisor: change it through "
                                       "the guest (hypercalls), not the debugger")
         elif name in ("upcall_mask", "upcall_pending"):
@@ -174,7 +224,10 @@ class SessionTarget:
             self.session.hv.memory.write(base + (1 if name == "upcall_mask" else 0),
                                          bytes([value & 1]))
         elif name.startswith("xmm") and name[3:].isdigit():
-            cpu.uc.reg_write(UC_X86_REG_XMM0 + int(name[3:]), value)
+            index = int(name[3:])
+            if index >= (16 if self.guest_bits == 64 else 8):
+                raise RegisterUnavailable(f"no register {name}")
+            cpu.uc.reg_write(UC_X86_REG_XMM0 + index, value)
         elif name in _FPU:
             cpu.uc.reg_write(_FPU[name], value)
         elif name.startswith("st") and name[2:].isdigit():
@@ -193,7 +246,7 @@ class SessionTarget:
         out = []
         done = 0
         while done < length:
-            va = (guest_va + done) & 0xFFFFFFFF
+            va = (guest_va + done) & self._address_mask
             page = va & ~(PAGE_SIZE - 1)
             if page in self._pages_checked:
                 maddr = self._pages[page][0]
@@ -219,7 +272,7 @@ class SessionTarget:
                 self._pages_checked.add(page)
                 return maddr
         try:
-            walk = walk_pae(memory, cr3, page)
+            walk = debugger_walk(hv, cr3, page)
         except PageWalkError as exc:
             self._pages.pop(page, None)
             raise MemoryAccessError(va, f"cannot access guest memory at {va:#x}: "
@@ -245,7 +298,7 @@ class SessionTarget:
     # -- breakpoints ------------------------------------------------------------------
     def insert_breakpoint(self, kind: BreakpointKind, guest_va: int, length: int) -> None:
         if kind in (BreakpointKind.SW, BreakpointKind.HW):
-            if not 0 <= guest_va <= 0xFFFFFFFF:
+            if not 0 <= guest_va <= self._address_mask:
                 raise MemoryAccessError(guest_va)
             (self._sw_breakpoints if kind is BreakpointKind.SW else self._hw_breakpoints).add(guest_va)
             self._pending_bp_removals.discard(guest_va)
@@ -380,13 +433,11 @@ class SessionTarget:
         self._hw_breakpoints.clear()
 
 
-_G_LAYOUT: tuple[tuple[str, int, int], ...] | None = None
+_PV64_REGISTERS = ("kernel_mode", "gs_base_kernel", "gs_base_user")
 
 
-def _g_layout() -> tuple[tuple[str, int, int], ...]:
+@functools.cache
+def _g_layout(guest_bits: int) -> tuple[tuple[str, int, int], ...]:
     """(register name, bytes, value mask) in `g` order of the packaged description."""
-    global _G_LAYOUT
-    if _G_LAYOUT is None:
-        _G_LAYOUT = tuple((spec.name, spec.nbytes, (1 << spec.bitsize) - 1)
-                          for spec in load_target_description().registers)
-    return _G_LAYOUT
+    return tuple((spec.name, spec.nbytes, (1 << spec.bitsize) - 1)
+                 for spec in load_target_description(guest_bits).registers)

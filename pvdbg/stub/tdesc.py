@@ -4,6 +4,8 @@ The XML files are the single declaration of the registers: `target.xml` includes
 one file per feature, and each `<reg>` there gives name, bitsize and (implicitly,
 by order) the gdb register number used by g/G/p/P. Format source: gdb manual,
 "Target Descriptions" > "Target Description Format" and "i386 Features".
+64-bit guests get `amd64-target.xml` as their `target.xml` (x86-64 core, 16 xmm,
+fs_base/gs_base, pvdbg's 64-bit Xen feature).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from types import MappingProxyType
 from pvdbg.stub.rsp import RspProtocolError, int_to_le_hex, le_hex_to_int
 
 TARGET_ANNEX = "target.xml"
+TARGET_FILES = {32: "target.xml", 64: "amd64-target.xml"}
+"""The packaged file served as gdb's `target.xml`, by guest width in bits."""
 _XINCLUDE = "{http://www.w3.org/2001/XInclude}include"
 
 
@@ -126,10 +130,19 @@ def parse_target_description(annexes: Mapping[str, bytes]) -> TargetDescription:
     return TargetDescription(MappingProxyType(dict(annexes)), RegisterTable(registers))
 
 
+def load_target_description(guest_bits: int = 32) -> TargetDescription:
+    """The packaged description for a `guest_bits` (32 or 64) guest: i386 for 32-bit
+    PAE guests, x86-64 for 64-bit ones, plus every stub/*.xml as an annex (gdb fetches
+    only those the target.xml it gets includes). One object per width."""
+    return _load_target_description(guest_bits)
+
+
 @functools.cache
-def load_target_description() -> TargetDescription:
-    """The packaged description: target.xml plus every stub/*.xml it includes."""
+def _load_target_description(guest_bits: int) -> TargetDescription:
+    if guest_bits not in TARGET_FILES:
+        raise TargetDescriptionError(f"no target description for {guest_bits}-bit guests")
     package = resources.files("pvdbg.stub")
     annexes = {entry.name: entry.read_bytes()
                for entry in package.iterdir() if entry.name.endswith(".xml")}
+    annexes[TARGET_ANNEX] = annexes[TARGET_FILES[guest_bits]]
     return parse_target_description(annexes)

@@ -2,7 +2,7 @@
 
 `start_kernel`, `start_kernel+0x10`, `0xc0001000`, `$esp+8`, `$eip`, `1234`, `sym-4`:
 terms are numbers (Python syntax: 0x.., 0o.., decimal), guest symbols or `$register`,
-joined by `+` and `-`.  Results are 32-bit guest addresses.
+joined by `+` and `-`.  Results are guest addresses of the guest's width (32 or 64 bits).
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ class AddressError(ValueError):
 
 
 def eval_address(text: str, lookup_symbol: Callable[[str], int | None],
-                 read_register: Callable[[str], int] | None = None) -> int:
-    """Evaluate `text` to a 32-bit address; raises AddressError."""
+                 read_register: Callable[[str], int] | None = None, *,
+                 bits: int = 32) -> int:
+    """Evaluate `text` to a `bits`-bit address; raises AddressError."""
     source = text.strip()
     if not source:
         raise AddressError("an address is needed")
@@ -46,7 +47,7 @@ def eval_address(text: str, lookup_symbol: Callable[[str], int | None],
         expect_term = False
     if expect_term:
         raise AddressError(f"address {text!r} ends with an operator")
-    return total & 0xFFFFFFFF
+    return total & ((1 << bits) - 1)
 
 
 def _term(word: str, lookup_symbol, read_register) -> int:

@@ -29,12 +29,42 @@ class ViewError(Exception):
     """The view cannot be produced (bad address, unmapped memory...): one line."""
 
 
+def guest_bits(session_or_hv) -> int:
+    """32 (PAE) or 64: the width of the guest's registers and addresses."""
+    hv = getattr(session_or_hv, "hv", session_or_hv)
+    return getattr(hv, "guest_bits", 32)
+
+
+def _in_xen(session, guest_va: int) -> bool:
+    """Whether `guest_va` is in Xen's part of the guest's address space."""
+    if guest_bits(session) == 64:
+        from ..xen.pv64.layout import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START
+        return HYPERVISOR_VIRT_START <= guest_va < HYPERVISOR_VIRT_END
+    return guest_va >= AREA_VA
+
+
+def _trampoline_va(session) -> int:
+    if guest_bits(session) == 64:
+        from ..xen.pv64.area import TRAMPOLINE_VA as TRAMPOLINE_VA64
+        return TRAMPOLINE_VA64
+    return TRAMPOLINE_VA
+
+
+def vcpu_mode(hv, vcpu_id: int) -> str | None:
+    """"kernel" or "user" for a 64-bit PV vcpu (both run at CPL 3), None for 32-bit."""
+    pv = getattr(hv.vcpus[vcpu_id], "pv", None)
+    if guest_bits(hv) != 64 or pv is None:
+        return None
+    return "kernel" if pv.kernel_mode else "user"
+
+
 # -- symbols -----------------------------------------------------------------------------
 def symbol_at(session, guest_va: int) -> str | None:
     """name+offset for an address inside the guest image, Xen's trampoline page by name,
     None elsewhere (so a stack or heap address is never shown as `_end+0x...`)."""
-    if TRAMPOLINE_VA <= guest_va < TRAMPOLINE_VA + PAGE_SIZE:
-        offset = guest_va - TRAMPOLINE_VA
+    trampoline = _trampoline_va(session)
+    if trampoline <= guest_va < trampoline + PAGE_SIZE:
+        offset = guest_va - trampoline
         return "xen_trampoline" + (f"+{offset:#x}" if offset else "")
     image = session.image
     if not image.kernel_start_va <= guest_va < image.kernel_end_va:
@@ -52,6 +82,8 @@ class RegistersView:
     ring: int
     upcall_mask: int
     upcall_pending: int
+    bits: int = 32               # 64: regs holds rax..r15, rip, fs_base/gs_base
+    mode: str | None = None      # 64-bit PV: "kernel" or "user" mode
 
 
 def registers_view(session) -> RegistersView:
@@ -60,7 +92,8 @@ def registers_view(session) -> RegistersView:
     info = hv.vcpu_info(hv.current.vcpu_id)
     return RegistersView(regs, symbol_at(session, regs["eip"]),
                          source_location(session, regs["eip"]),
-                         regs["cs"] & 3, info.evtchn_upcall_mask, info.evtchn_upcall_pending)
+                         regs["cs"] & 3, info.evtchn_upcall_mask, info.evtchn_upcall_pending,
+                         guest_bits(session), vcpu_mode(hv, hv.current.vcpu_id))
 
 
 # -- memory in three address spaces ---------------------------------------------------
@@ -109,11 +142,12 @@ def pfn_to_mfn(hv, pfn: int) -> int | None:
 def mfn_to_pfn(hv, mfn: int) -> int | None:
     """Xen's M2P (machine_to_phys_mapping) entry for `mfn`, None if invalid."""
     m2p = hv.built.m2p_mfns
-    index, offset = divmod(mfn * 4, PAGE_SIZE)
+    entry = 8 if guest_bits(hv) == 64 else 4
+    index, offset = divmod(mfn * entry, PAGE_SIZE)
     if mfn < 0 or index >= len(m2p):
         return None
-    value = hv.memory.read_u32((m2p[index] << PAGE_SHIFT) + offset)
-    return None if value == INVALID_M2P else value
+    value = int.from_bytes(hv.memory.read((m2p[index] << PAGE_SHIFT) + offset, entry), "little")
+    return None if value == (1 << entry * 8) - 1 else value
 
 
 # -- disassembly -----------------------------------------------------------------------
@@ -155,7 +189,7 @@ def disassembly(session, address: int, count: int) -> list[DisasLine]:
     breakpoints = session.debug.breakpoints
     out = []
     last_line = symbols.line_for(address - 1) if address else None
-    for insn_address, raw, text in disassemble(code, address, count):
+    for insn_address, raw, text in disassemble(code, address, count, guest_bits(session)):
         symbol = symbols.symbol_for(insn_address)
         label = symbol.name if symbol is not None and symbol.address == insn_address else None
         line = symbols.line_for(insn_address)
@@ -196,6 +230,15 @@ def _u32(session, guest_va: int) -> int | None:
         return None
 
 
+def _word(session, guest_va: int) -> int | None:
+    """A stack word: 4 bytes for a 32-bit guest, 8 for a 64-bit one."""
+    size = 8 if guest_bits(session) == 64 else 4
+    try:
+        return int.from_bytes(session.read_memory(guest_va, size), "little")
+    except GuestFault:
+        return None
+
+
 def backtrace(session, max_frames: int = MAX_BACKTRACE) -> tuple[list[Frame], str | None]:
     """Frame-pointer unwind from the current vcpu: (frames, why it ended early or None).
 
@@ -205,9 +248,10 @@ def backtrace(session, max_frames: int = MAX_BACKTRACE) -> tuple[list[Frame], st
     regs = session.cpu.read_many(("eip", "esp", "ebp"))
     symbols = session.image.symbols
     eip, esp, ebp = regs["eip"], regs["esp"], regs["ebp"]
+    word = 8 if guest_bits(session) == 64 else 4
 
     def frame(level: int, pc: int, fp: int | None) -> Frame:
-        if pc >= AREA_VA:
+        if _in_xen(session, pc):
             return Frame(level, pc, symbol_at(session, pc) or "<Xen>", None, fp)
         lookup_pc = pc if level == 0 else pc - 1      # a caller's line is the call's
         return Frame(level, pc, symbol_at(session, pc), source_location(session, lookup_pc), fp)
@@ -218,14 +262,14 @@ def backtrace(session, max_frames: int = MAX_BACKTRACE) -> tuple[list[Frame], st
     first = None if symbol is None else _u32(session, symbol.address)
     ret: int | None
     if at_ret is not None and at_ret & 0xFF == 0xC3:
-        ret = _u32(session, esp)                   # epilogue done: EBP is the caller's
+        ret = _word(session, esp)                  # epilogue done: EBP is the caller's
     elif symbol is not None and (eip == symbol.address or first is None
                                  or first & 0xFF != 0x55):
-        ret = _u32(session, esp)                   # before the prologue, or frameless
+        ret = _word(session, esp)                  # before the prologue, or frameless
     elif symbol is not None and eip == symbol.address + 1:
-        ret = _u32(session, esp + 4)               # after push %ebp
+        ret = _word(session, esp + word)           # after push %ebp
     elif ebp:
-        ret, ebp = _u32(session, ebp + 4), _u32(session, ebp) or 0
+        ret, ebp = _word(session, ebp + word), _word(session, ebp) or 0
     else:
         ret = None
     seen = set()
@@ -238,7 +282,7 @@ def backtrace(session, max_frames: int = MAX_BACKTRACE) -> tuple[list[Frame], st
         if ebp in seen:
             return frames, f"frame pointer loop at {ebp:#x}"
         seen.add(ebp)
-        ret, next_ebp = _u32(session, ebp + 4), _u32(session, ebp)
+        ret, next_ebp = _word(session, ebp + word), _word(session, ebp)
         if ret is None or next_ebp is None:
             return frames, f"frame pointer {ebp:#x} is not readable"
         if next_ebp and next_ebp <= ebp:
@@ -270,6 +314,9 @@ class VcpuState:
     cr3: int | None
     kernel_ss: int
     kernel_sp: int
+    mode: str | None = None              # 64-bit PV: "kernel" or "user" mode
+    user_table_mfn: int | None = None    # 64-bit PV: NEW_USER_BASEPTR's table (0: none)
+    kernel_table_mfn: int | None = None  # 64-bit PV: NEW_BASEPTR's table
 
 
 def _bits(data: bytes) -> tuple[int, ...]:
@@ -296,7 +343,16 @@ def vcpu_state(session, vcpu_id: int) -> VcpuState:
         eip=None if regs is None else regs["eip"],
         eip_symbol=None if regs is None else symbol_at(session, regs["eip"]),
         esp=None if regs is None else regs["esp"], cr3=hv.cr3 if current else None,
-        kernel_ss=vcpu.kernel_ss, kernel_sp=vcpu.kernel_sp)
+        **_kernel_stack(vcpu), mode=vcpu_mode(hv, vcpu_id))
+
+
+def _kernel_stack(vcpu) -> dict:
+    """kernel_ss/kernel_sp (stack_switch), and for a 64-bit PV vcpu its two tables."""
+    pv = getattr(vcpu, "pv", None)
+    if pv is None:
+        return {"kernel_ss": vcpu.kernel_ss, "kernel_sp": vcpu.kernel_sp}
+    return {"kernel_ss": pv.kernel_ss, "kernel_sp": pv.kernel_sp,
+            "kernel_table_mfn": pv.kernel_table_mfn, "user_table_mfn": pv.user_table_mfn}
 
 
 # -- status line -----------------------------------------------------------------------

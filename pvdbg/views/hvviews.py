@@ -16,6 +16,8 @@ from ..trace import TraceKind
 from ..xen import mm_query
 from ..xen.mm import pte_mfn
 from ..xen.entry import GATE_SEL, RING0_CS, RING0_DS, TSS_SEL, XEN_RESERVED_DESCRIPTORS
+from ..xen.pv64.layout import (FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
+                               HYPERVISOR_CS64, HYPERVISOR_DS)
 from .gather import ViewError
 
 FrameInfo = mm_query.FrameInfo
@@ -49,18 +51,22 @@ class PtWalkView:
     walk: mm_query.VaWalk
     tables: tuple[FrameInfo | None, ...]     # the frame of each level's table
     targets: tuple[FrameInfo | None, ...]    # the frame each level's entry names
+    base: str = "cr3"                        # "cr3", or "table" for a given TABLE-MFN
 
 
-def pt_walk(hv, guest_va: int) -> PtWalkView:
+def pt_walk(hv, guest_va: int, table_mfn: int | None = None) -> PtWalkView:
+    """The walk through the current vcpu's tables, or through the top-level table at
+    `table_mfn` (a table the guest pinned but has not loaded yet)."""
     _part(hv, "mm", "page-type system")
     try:
-        walk = mm_query.walk(hv, guest_va)
+        walk = mm_query.walk(hv, guest_va, table_mfn=table_mfn)
     except ValueError as exc:
         raise ViewError(str(exc)) from None
     facts = frame_facts_lookup(hv)
     return PtWalkView(walk, tuple(facts(level.table_mfn) for level in walk.levels),
                       tuple(facts(level.target_mfn) if level.target_mfn is not None else None
-                            for level in walk.levels))
+                            for level in walk.levels),
+                      "cr3" if table_mfn is None else "table")
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,9 @@ class FrameTable:
 def frame_table(hv, every_frame: bool = False) -> FrameTable:
     """Every pagetable and seg_desc frame (`every_frame`: every frame Xen's frame table
     has touched), with how many entries map it RO/RW, and the writable-mapping check."""
-    mm = _part(hv, "mm", "page-type system")
+    _part(hv, "mm", "page-type system")
     if every_frame:
-        infos = [mm_query.frame_info(hv, mfn) for mfn in mm.touched_frames()]
+        infos = [mm_query.frame_info(hv, mfn) for mfn in mm_query.touched_frames(hv)]
     else:
         infos = mm_query.typed_frames(hv)
     ro: Counter[int] = Counter()
@@ -91,12 +97,12 @@ def frame_table(hv, every_frame: bool = False) -> FrameTable:
     for l1 in mm_query.typed_frames(hv):        # leaf mappings: entries of validated L1s
         if l1.type != "L1" or not l1.validated:
             continue
-        for pte in mm.entries(l1.mfn):
+        for pte in mm_query.table_entries(hv, l1.mfn):
             if pte & 1 and (target := pte_mfn(pte)) in wanted:
                 (rw if pte & 2 else ro)[target] += 1
     rows = tuple(FrameRow(info, ro[info.mfn], rw[info.mfn]) for info in infos)
     return FrameTable(rows, tuple(mm_query.writable_pagetable_mappings(hv)),
-                      tuple(mm.pinned_mfns()))
+                      tuple(info.mfn for info in mm_query.pinned_tables(hv)))
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,8 @@ class DescriptorTable:
 
 
 def gdt_table(hv, every_slot: bool = False) -> DescriptorTable:
+    if getattr(hv, "guest_bits", 32) == 64:
+        return _gdt_table64(hv, every_slot)
     tables = _part(hv, "descriptors", "descriptor tables")
     vcpu_id = hv.current.vcpu_id
     state = tables.vcpus[vcpu_id]
@@ -147,7 +155,63 @@ def gdt_table(hv, every_slot: bool = False) -> DescriptorTable:
                            RESERVED_NAMES, tables.policy.description)
 
 
+RESERVED_NAMES64: dict[int, str] = {
+    HYPERVISOR_CS64 >> 3: "Xen CS (64-bit)", HYPERVISOR_DS >> 3: "Xen DS",
+    FLAT_RING3_CS32 >> 3: "flat ring-3 CS (32-bit)", FLAT_RING3_DS32 >> 3: "flat ring-3 DS/SS",
+    FLAT_RING3_CS64 >> 3: "flat ring-3 CS (64-bit)",
+}
+GDT64_POLICY = ("64-bit PV: Xen's check_descriptor for x86_64 guests (code and data "
+                "descriptors at DPL 3, no system descriptors but call gates)")
+
+
+def _gdt_table64(hv, every_slot: bool) -> DescriptorTable:
+    """The current 64-bit vcpu's GDT: the guest's set_gdt frames, then the present
+    entries of Xen's reserved GDT page (pv64/area.py)."""
+    from ..xen.constants import FIRST_RESERVED_GDT_BYTE
+    from ..xen.descriptors import decode_descriptor
+    vcpu = hv.current
+    rows = []
+    for i in range(vcpu.gdt_entries):
+        raw = hv.memory.read_u64((vcpu.gdt_frames[i // 512] << 12) + (i % 512) * 8)
+        rows.append(decode_descriptor("gdt", i, raw))
+    xen_page = hv.area.reserved_gdt_mfns[vcpu.vcpu_id]
+    first = FIRST_RESERVED_GDT_BYTE >> 3
+    for j in range(512):
+        raw = hv.memory.read_u64((xen_page << 12) + j * 8)
+        if raw:
+            rows.append(decode_descriptor("xen", first + j, raw))
+    rows = [view for view in rows if every_slot or view.kind != "empty"]
+    return DescriptorTable("GDT", vcpu.vcpu_id, tuple(vcpu.gdt_frames), vcpu.gdt_entries, 0,
+                           tuple(rows), RESERVED_NAMES64, GDT64_POLICY)
+
+
+def _ldt_table64(hv) -> DescriptorTable:
+    """The current 64-bit vcpu's LDT (MMUEXT_SET_LDT's linear base and entry count),
+    read through the vcpu's kernel pagetable as Xen's shadow mapping reads it; pages
+    that are not mapped are left out."""
+    from ..machine.paging import PageWalkError
+    from ..xen.descriptors import decode_descriptor
+    vcpu = hv.current
+    base, ents = getattr(vcpu, "ldt_base", 0), getattr(vcpu, "ldt_ents", 0)
+    table = vcpu.pv.kernel_table_mfn << 12
+    rows = []
+    for i in range(ents):
+        try:
+            walk = mm_query.debugger_walk(hv, table, base + i * 8)
+        except PageWalkError:
+            continue
+        raw = hv.memory.read_u64(walk.maddr)
+        view = decode_descriptor("ldt", i, raw)
+        if view.kind != "empty":
+            rows.append(view)
+    frames = tuple(getattr(vcpu, "ldt_frames", ()))
+    return DescriptorTable("LDT", vcpu.vcpu_id, frames, ents, base, tuple(rows), {},
+                           GDT64_POLICY)
+
+
 def ldt_table(hv) -> DescriptorTable:
+    if getattr(hv, "guest_bits", 32) == 64:
+        return _ldt_table64(hv)
     tables = _part(hv, "descriptors", "descriptor tables")
     vcpu_id = hv.current.vcpu_id
     state = tables.vcpus[vcpu_id]
@@ -187,6 +251,8 @@ class TrapTable:
 
 
 def trap_table(hv, vcpu_id: int, symbol_at: Callable[[int], str | None]) -> TrapTable:
+    if getattr(hv, "guest_bits", 32) == 64:
+        return _trap_table64(hv, vcpu_id, symbol_at)
     traps = _part(hv, "traps", "virtual trap table")
     if not 0 <= vcpu_id < len(traps.pv_vcpus):
         raise ViewError(f"no vcpu {vcpu_id}")
@@ -202,6 +268,27 @@ def trap_table(hv, vcpu_id: int, symbol_at: Callable[[int], str | None]) -> Trap
     vcpu = hv.vcpus[vcpu_id]
     return TrapTable(vcpu_id, rows, callbacks, (vcpu.kernel_ss, vcpu.kernel_sp),
                      pv.kernel_sp_source)
+
+
+def _trap_table64(hv, vcpu_id: int, symbol_at: Callable[[int], str | None]) -> TrapTable:
+    """A 64-bit vcpu's set_trap_table entries and callbacks (event, failsafe, syscall,
+    nmi); Xen enters them on the kernel stack set by stack_switch."""
+    from ..xen.traps import vector_name
+    from ..xen.pv64.layout import FLAT_KERNEL_CS64
+    if not 0 <= vcpu_id < len(hv.vcpus):
+        raise ViewError(f"no vcpu {vcpu_id}")
+    pv = hv.vcpus[vcpu_id].pv
+    rows = tuple(TrapRow(vector, vector_name(vector), entry.flags & 3, bool(entry.flags & 4),
+                         entry.cs, entry.address, symbol_at(entry.address))
+                 for vector, entry in sorted(pv.trap_table.items()) if entry.address)
+    callbacks = tuple(CallbackRow(name, FLAT_KERNEL_CS64, address, symbol_at(address), masks)
+                      for name, address, masks in (
+                          ("event", pv.event_callback, pv.event_mask),
+                          ("failsafe", pv.failsafe_callback, pv.failsafe_mask),
+                          ("syscall", pv.syscall_callback, pv.syscall_mask),
+                          ("nmi", pv.nmi_callback, False))
+                      if address)
+    return TrapTable(vcpu_id, rows, callbacks, (pv.kernel_ss, pv.kernel_sp), "stack_switch")
 
 
 # -- event channels ----------------------------------------------------------------------------

@@ -154,6 +154,8 @@ def eflags_text(value: int) -> str:
 
 
 def registers_text(view: RegistersView) -> FormattedText:
+    if getattr(view, "bits", 32) == 64:
+        return registers64_text(view)
     r = view.regs
     out: Fragments = []
     for row in (("eax", "ebx", "ecx", "edx"), ("esi", "edi", "ebp", "esp")):
@@ -173,6 +175,42 @@ def registers_text(view: RegistersView) -> FormattedText:
     out.append(("", "\n"))
     for name in ("cr0", "cr2", "cr3", "cr4"):
         out += [("class:label", f"{name} "), ("", f"{r[name]:08x}  ")]
+    out.append(("", "\n"))
+    out += [("class:label", "upcall_mask "),
+            ("class:masked" if view.upcall_mask else "class:unmasked", str(view.upcall_mask)),
+            ("class:label", "  upcall_pending "),
+            ("class:pending" if view.upcall_pending else "", str(view.upcall_pending)),
+            ("", "\n")]
+    return FormattedText(out)
+
+
+REGISTER_ROWS64 = (("rax", "rbx", "rcx", "rdx"), ("rsi", "rdi", "rbp", "rsp"),
+                   ("r8", "r9", "r10", "r11"), ("r12", "r13", "r14", "r15"))
+
+
+def registers64_text(view: RegistersView) -> FormattedText:
+    """A 64-bit vcpu: rax..r15, rip, rflags, the guest's kernel/user mode (both at CPL
+    3), selectors, fs/gs bases, CRs, the upcall bits."""
+    r = view.regs
+    out: Fragments = []
+    for row in REGISTER_ROWS64:
+        for name in row:
+            out += [("class:label", f"{name:<3} "), ("class:value", f"{r[name]:016x}  ")]
+        out.append(("", "\n"))
+    out += [("class:label", "rip "), ("class:address", f"{r['rip']:016x}")]
+    if view.eip_symbol:
+        out += [("", " <"), ("class:symbol", view.eip_symbol), ("", ">")]
+    if view.eip_location:
+        out += [("", " "), ("class:location", view.eip_location)]
+    out += [("", "\n"), ("class:label", "rflags "), ("", f"{r['rflags']:08x} "
+                                                         f"{eflags_text(r['rflags'])}  "),
+            ("class:label", "mode "), ("", f"{view.mode or '?'}\n")]
+    for name in ("cs", "ss", "ds", "es", "fs", "gs"):
+        out += [("class:label", f"{name} "), ("", f"{r[name]:04x}  ")]
+    out += [("class:label", "fs_base "), ("", f"{r['fs_base']:016x}  "),
+            ("class:label", "gs_base "), ("", f"{r['gs_base']:016x}\n")]
+    for name in ("cr0", "cr2", "cr3", "cr4"):
+        out += [("class:label", f"{name} "), ("", f"{r[name]:016x}  ")]
     out.append(("", "\n"))
     out += [("class:label", "upcall_mask "),
             ("class:masked" if view.upcall_mask else "class:unmasked", str(view.upcall_mask)),
@@ -410,12 +448,21 @@ def vcpu_text(state: VcpuState) -> FormattedText:
         ("class:pending" if state.upcall_pending else "", str(state.upcall_pending)),
         ("", f" pending_sel={state.pending_sel:#010x} cr2={state.cr2:#x}\n"),
     ]
+    mode = getattr(state, "mode", None)
     if state.ring is not None and state.eip is not None:
-        out += [("", f"  ring {state.ring}  eip "), *_where(state.eip, state.eip_symbol),
-                ("", f"  cr3 {state.cr3:#010x}  esp {state.esp:#010x}\n")]
+        where = f"{mode} mode" if mode is not None else f"ring {state.ring}"
+        names = ("rip", "rsp") if mode is not None else ("eip", "esp")
+        out += [("", f"  {where}  {names[0]} "), *_where(state.eip, state.eip_symbol),
+                ("", f"  cr3 {state.cr3:#010x}  {names[1]} {state.esp:#010x}\n")]
+    elif mode is not None:
+        out += [("", f"  {mode} mode\n")]
     run_state = ("offline" if not state.online else "blocked" if state.blocked else "runnable")
     out += [("", f"  {run_state}{' (on the CPU)' if state.current else ''}  kernel stack "
                  f"{state.kernel_ss:#06x}:{state.kernel_sp:#010x}\n")]
+    if getattr(state, "kernel_table_mfn", None) is not None:
+        user = state.user_table_mfn
+        out += [("", f"  kernel pagetable mfn {state.kernel_table_mfn:#x}  user pagetable "
+                     f"{'none' if not user else f'mfn {user:#x}'}\n")]
     masked_pending = [p for p in state.pending_ports if p in set(state.masked_ports)]
     out += [("", "  pending ports: "),
             ("class:pending" if state.pending_ports else "", port_ranges(state.pending_ports)),
@@ -553,8 +600,9 @@ def pt_walk_text(view, width: int | None = None) -> FormattedText:
     the frame it names, RO/RW; then the final frame, with a writable mapping of a
     pagetable or descriptor frame shown as an error."""
     walk = view.walk
+    four_level = bool(walk.levels) and walk.levels[0].level == 4
     out: Fragments = [("class:label", "walk of "), ("class:address", _hex(walk.va)),
-                      ("", f"  (cr3 mfn {walk.cr3_mfn:#x})\n")]
+                      ("", f"  ({getattr(view, 'base', 'cr3')} mfn {walk.cr3_mfn:#x})\n")]
     for level, table, target in zip(walk.levels, view.tables, view.targets):
         out += [("class:label", f"L{level.level}"), ("", f" mfn {level.table_mfn:#x} ")]
         if table is not None:
@@ -566,7 +614,7 @@ def pt_walk_text(view, width: int | None = None) -> FormattedText:
             out += [("", f" -> {_frame_name(level.target_mfn, pfn)} ")]
             if target is not None:
                 out += [("class:name", target.type)]
-            if level.level < 3:
+            if level.level < 3 or four_level:      # PAE L3 entries have no RW bit
                 rw = bool(level.entry & 2)
                 out += [("", "  "), ("class:rw" if rw else "class:ro", "RW" if rw else "RO")]
         out.append(("", "\n"))
@@ -581,8 +629,9 @@ def pt_walk_text(view, width: int | None = None) -> FormattedText:
         if walk.frame is not None:
             out += [("", f"  frame {_frame_name(walk.frame.mfn, walk.frame.pfn)} owner "
                          f"{walk.frame.owner}: ")] + _frame_facts(walk.frame) + [("", "\n")]
-            if walk.writable and walk.frame.type in PROTECTED_TYPE_NAMES \
-                    and walk.va < 0xF5800000:
+            in_xen = (0xFFFF800000000000 <= walk.va < 0xFFFF880000000000 if four_level
+                      else walk.va >= 0xF5800000)          # Xen's own slots
+            if walk.writable and walk.frame.type in PROTECTED_TYPE_NAMES and not in_xen:
                 out += [("class:error", f"  ERROR: a {walk.frame.type} frame is mapped "
                                         "writable\n")]
     return clip(FormattedText(out), width)

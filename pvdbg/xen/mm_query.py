@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..machine.memory import PAGE_SHIFT
-from ..machine.paging import pte_flags_text
+from ..machine.paging import Walk, pte_flags_text, walk_pae
 from .constants import HYPERVISOR_VIRT_START_PAE, XEN_FIRST_L2_SLOT
 from .mm import (INVALID_M2P_ENTRY, PROTECTED_TYPES, PTE_NX, PTE_P, PTE_PSE, PTE_RW, PTE_U,
                  MemoryManager, Owner, PageType, Violation, pte_mfn)
@@ -21,6 +21,39 @@ if TYPE_CHECKING:
 
 class MmQueryError(ValueError):
     """A query names something that does not exist (one line)."""
+
+
+def _mm64(hv: "Hypervisor"):
+    """mm_query64 (the same queries on pv64/mm.py's frame table) for a 64-bit domain,
+    else None."""
+    if getattr(hv, "guest_bits", 32) == 64:
+        from . import mm_query64
+        return mm_query64
+    return None
+
+
+def touched_frames(hv: "Hypervisor") -> list[int]:
+    """Frames the frame table has given a type or a reference (ascending mfn)."""
+    if _mm64(hv) is not None:
+        return [mfn for mfn, count in enumerate(hv.mm.count) if count]
+    return list(hv.mm.touched_frames())
+
+
+def table_entries(hv: "Hypervisor", mfn: int) -> list[int]:
+    """The 512 64-bit entries of pagetable frame `mfn`."""
+    if (wide := _mm64(hv)) is not None:
+        return wide.table_entries(hv, mfn)
+    return list(hv.mm.entries(mfn))
+
+
+def debugger_walk(hv: "Hypervisor", cr3: int, guest_va: int) -> Walk:
+    """The MMU's walk of `guest_va` through the tables at machine address `cr3`, as the
+    debugger reads memory: 3-level PAE for 32-bit guests, 4-level for 64-bit ones (no
+    access checks). Raises PageWalkError."""
+    if getattr(hv, "guest_bits", 32) == 64:
+        from .pv64.paging import walk_4level
+        return walk_4level(hv.memory, cr3, guest_va)
+    return walk_pae(hv.memory, cr3, guest_va & 0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -92,6 +125,8 @@ class VaWalk:
 
 def frame_info(hv: "Hypervisor", mfn: int) -> FrameInfo:
     """Type, counts, flags and users of machine frame `mfn`."""
+    if (wide := _mm64(hv)) is not None:
+        return wide.frame_info(hv, mfn)
     mm = hv.mm
     if not mm.frame_valid(mfn):
         raise MmQueryError(f"mfn {mfn:#x} is outside machine RAM "
@@ -122,6 +157,8 @@ def _validated_tables(mm: MemoryManager) -> list[tuple[int, PageType, bool]]:
 def frame_mappings(hv: "Hypervisor", mfn: int) -> list[PteRef]:
     """Every reference to `mfn`: entries of validated pagetables (RW or RO), CR3s, and
     GDT/LDT slots."""
+    if (wide := _mm64(hv)) is not None:
+        return wide.frame_mappings(hv, mfn)
     mm = hv.mm
     refs: list[PteRef] = []
     for table, type_, pae in _validated_tables(mm):
@@ -172,18 +209,26 @@ def virtual_mappings(mm: MemoryManager, cr3_mfn: int | None, mfn: int) -> list[V
 def frame_virtual_mappings(hv: "Hypervisor", mfn: int,
                            vcpu_id: int | None = None) -> list[VaMapping]:
     """`virtual_mappings` in the current address space of `vcpu_id` (default: current)."""
+    if (wide := _mm64(hv)) is not None:
+        return wide.frame_virtual_mappings(hv, mfn, vcpu_id)
     vcpu = hv.current.vcpu_id if vcpu_id is None else vcpu_id
     return virtual_mappings(hv.mm, hv.mm.vcpu_cr3[vcpu], mfn)
 
 
-def walk(hv: "Hypervisor", va: int, vcpu_id: int | None = None) -> VaWalk:
-    """Resolve `va` through the vcpu's pagetables, naming each level's frame type."""
+def walk(hv: "Hypervisor", va: int, vcpu_id: int | None = None,
+         table_mfn: int | None = None) -> VaWalk:
+    """Resolve `va` through the vcpu's pagetables (or the top-level table at `table_mfn`,
+    e.g. one just pinned), naming each level's frame type."""
+    if (wide := _mm64(hv)) is not None:
+        return wide.walk(hv, va, vcpu_id, table_mfn)
     mm = hv.mm
     va &= 0xFFFFFFFF
     vcpu = hv.current.vcpu_id if vcpu_id is None else vcpu_id
     if not 0 <= vcpu < len(mm.vcpu_cr3):
         raise MmQueryError(f"no vcpu{vcpu} (the domain has {len(mm.vcpu_cr3)})")
-    cr3 = mm.vcpu_cr3[vcpu]
+    cr3 = mm.vcpu_cr3[vcpu] if table_mfn is None else table_mfn
+    if table_mfn is not None and not mm.frame_valid(table_mfn):
+        raise MmQueryError(f"mfn {table_mfn:#x} is outside machine RAM")
     if cr3 is None:
         raise MmQueryError(f"vcpu{vcpu} has no pagetable base")
     levels: list[WalkLevel] = []
@@ -218,11 +263,15 @@ def walk(hv: "Hypervisor", va: int, vcpu_id: int | None = None) -> VaWalk:
 
 
 def pinned_tables(hv: "Hypervisor") -> list[FrameInfo]:
+    if (wide := _mm64(hv)) is not None:
+        return wide.pinned_tables(hv)
     return [frame_info(hv, mfn) for mfn in hv.mm.pinned_mfns()]
 
 
 def typed_frames(hv: "Hypervisor") -> list[FrameInfo]:
     """Every frame that currently is a pagetable or descriptor page."""
+    if (wide := _mm64(hv)) is not None:
+        return wide.typed_frames(hv)
     mm = hv.mm
     out = []
     for mfn in mm.touched_frames():
@@ -236,6 +285,8 @@ def writable_pagetable_mappings(hv: "Hypervisor") -> list[Violation]:
     """Writable mappings of pagetable or descriptor frames: from the frame table's
     validated L1s, and from a walk of every vcpu's live address space (guest slots).
     Always empty on a correct hypervisor."""
+    if (wide := _mm64(hv)) is not None:
+        return wide.writable_pagetable_mappings(hv)
     mm = hv.mm
     out = list(mm.writable_pagetable_mappings())
     seen = {(v.table_mfn, v.index) for v in out}
