@@ -3,7 +3,9 @@
     python bench/run_grub.py            # one table on stdout, progress on stderr
     python bench/run_grub.py --json     # the same figures with every sample, as JSON
 
-For each configuration (clock icount, clock host, icount with a PV disk) GRUB is booted
+For each configuration (clock icount, clock host, icount with a PV disk; then the x86_64
+image, grub-x86_64-xen.bin, on the 64-bit PV engine with icount, with and without a disk)
+GRUB is booted
 from `Session.open` to its first `grub> `, R times (median taken, runs interleaved):
 
 * wall seconds from Session.open to the prompt (domain build included), instructions
@@ -38,13 +40,15 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 
-from debian import DebianFetchError, grub_i386_xen  # noqa: E402
+from debian import DebianFetchError, grub_i386_xen, grub_x86_64_xen  # noqa: E402
 
 from pvdbg.guestinput import InputPollWatch  # noqa: E402
 from pvdbg.machine.cpu import X86Cpu  # noqa: E402
+from pvdbg.machine.cpu64 import X64Cpu  # noqa: E402
 from pvdbg.session import Session, SessionOptions, StopReason  # noqa: E402
 from pvdbg.xen.cpuid import CpuidPolicy  # noqa: E402
 from pvdbg.xen.devices import DiskSpec  # noqa: E402
+from pvdbg.xen.pv64.hypervisor import Hypervisor64  # noqa: E402
 
 PROMPT = "grub> "
 MAX_INSNS = 400_000_000
@@ -95,7 +99,8 @@ def install_timers() -> None:
     exists, so the hooks bind the wrappers)."""
     X86Cpu.run = _timed_run(X86Cpu.run)
     for cls, name in ((X86Cpu, "_on_intr"), (X86Cpu, "_on_invalid"), (CpuidPolicy, "_on_cpuid"),
-                      (InputPollWatch, "_on_read")):
+                      (InputPollWatch, "_on_read"), (X64Cpu, "_on_syscall"),
+                      (Hypervisor64, "_on_cpuid")):
         setattr(cls, name, _timed_hook(getattr(cls, name)))
 
 
@@ -208,19 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         grub = grub_i386_xen()
+        grub64 = grub_x86_64_xen()
     except DebianFetchError as exc:
         sys.stderr.write(f"run_grub: {exc}\n")
         return 2
     install_timers()
     with tempfile.TemporaryDirectory() as tmp:
         disk = make_disk(Path(tmp))
-        configs = [("icount", None), ("host", None), ("icount+disk", disk)]
-        figures = {name: Figure(name) for name, _ in configs}
+        configs = [("icount", grub, None), ("host", grub, None), ("icount+disk", grub, disk),
+                   ("x86_64 icount", grub64, None), ("x86_64 icount+disk", grub64, disk)]
+        figures = {name: Figure(name) for name, _, _ in configs}
         for run in range(args.runs):
-            for name, image in configs:
+            for name, image, disk_image in configs:
                 if not args.quiet:
                     sys.stderr.write(f"run {run + 1}/{args.runs}: {name}\n")
-                figures[name].samples.append(one_run(grub, name, image))
+                figures[name].samples.append(one_run(image, name, disk_image))
     result = list(figures.values())
     if args.json:
         print(json.dumps({"machine": platform.processor() or platform.machine(),

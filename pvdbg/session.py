@@ -20,6 +20,7 @@ from .trace import TraceLog
 from .xen.builder import BuildOptions, build_domain
 from .xen.constants import ShutdownReason
 from .xen.devices import DiskSpec, attach_devices
+from .xen.entry import TRAMP3_VA, TRAMPOLINE_VA
 from .guestinput import ConsoleInput, InputPollWatch
 from .xen.guestmem import GuestFault
 from .xen.hypervisor import Hypervisor
@@ -116,10 +117,8 @@ class Session:
 
     def _init_64bit(self, image: GuestImage, options: SessionOptions,
                     trace_file: IO[str] | None) -> None:
-        """A 64-bit PV domain (pvdbg/xen/pv64): same run loop and dom0 daemons, no disks yet."""
+        """A 64-bit PV domain (pvdbg/xen/pv64): same run loop, dom0 daemons and disks."""
         from .xen.pv64.domain import create_hypervisor64
-        if options.disks:
-            raise SessionError("PV disks are not supported for 64-bit guests yet")
         self.trace = TraceLog(options.trace_capacity, trace_file)
         self.hv = create_hypervisor64(image, memory_mib=options.memory_mib,
                                       cmdline=options.cmdline, p2m_seed=options.p2m_seed,
@@ -127,8 +126,8 @@ class Session:
                                       initrd=options.initrd)
         self.cpu = self.hv.cpu
         try:
-            self.devices = attach_devices(self.hv, kernel=image.path, cmdline=options.cmdline,
-                                          xenstore=options.xenstore)
+            self.devices = attach_devices(self.hv, disks=options.disks, kernel=image.path,
+                                          cmdline=options.cmdline, xenstore=options.xenstore)
         except ValueError as exc:
             raise SessionError(str(exc)) from None
         self.console_input = ConsoleInput()
@@ -215,6 +214,7 @@ class Session:
                 self.hv.crash_domain(str(exc))
             self._check_internal_error()
             self._serve_devices()
+            self.input_watch.slice_ended(self.debug.hit is None)
             hit = self._take_hit()
             if hit is not None:
                 return hit
@@ -311,7 +311,6 @@ class Session:
         return self._stopped(StopReason.catch, hit.message, address=hit.address)
 
     def _in_hypervisor_code(self) -> bool:
-        from .xen.entry import TRAMP3_VA, TRAMPOLINE_VA
         eip = self.cpu.read("eip")
         return TRAMPOLINE_VA <= eip < TRAMPOLINE_VA + 4096 or TRAMP3_VA <= eip < TRAMP3_VA + 4096
 
@@ -435,12 +434,14 @@ class Session:
     def read_memory_any(self, guest_va: int, length: int) -> bytes:
         """Like read_memory, but reaches the hypervisor hole too (Xen's trampolines,
         the M2P): what the CPU can read at ring 1.  For the debugger, not for guests."""
-        from .machine.paging import PageWalkError, walk_pae
+        from .machine.paging import PageWalkError
+        from .xen.mm_query import debugger_walk
         out = bytearray()
+        mask = (1 << getattr(self.hv, "guest_bits", 32)) - 1
         while len(out) < length:
-            va = (guest_va + len(out)) & 0xFFFFFFFF
+            va = (guest_va + len(out)) & mask
             try:
-                walk = walk_pae(self.hv.memory, self.hv.cr3, va)
+                walk = debugger_walk(self.hv, self.hv.cr3, va)
             except PageWalkError as exc:
                 raise GuestFault(va, exc.reason) from None
             if not self.hv.memory.frame_valid(walk.maddr >> 12):
@@ -453,13 +454,14 @@ class Session:
         """Debugger write through the current pagetables, even to read-only mappings of
         guest frames (as a debugger pokes code); never to Xen's own frames.  Translated
         code for the range is dropped."""
-        from .machine.paging import PageWalkError, walk_pae
+        from .machine.paging import PageWalkError
+        from .xen.mm_query import debugger_walk
         pieces = []
         done = 0
         while done < len(data):
             va = guest_va + done
             try:
-                walk = walk_pae(self.hv.memory, self.hv.cr3, va)
+                walk = debugger_walk(self.hv, self.hv.cr3, va)
             except PageWalkError as exc:
                 raise GuestFault(va, exc.reason) from None
             if va >= self.hv.guest.hole_start or walk.mfn in self.hv.built.xen_mfns:
@@ -504,6 +506,7 @@ class Session:
         self.last_stop = snap.extra.get("last_stop")
         self.debug.hit = None
         self.debug.skip_breakpoint_at = None
+        self.input_watch.reset()
 
     closed = False
 

@@ -43,6 +43,9 @@ MEMBER_NAMES: dict[str, dict[str, str]] = {
     "SharedInfo32": {name: f"arch.{name}" for name in _ARCH_FIELDS + ("wc_sec_hi",)},
     "SharedInfo64": {name: f"arch.{name}" for name in _ARCH_FIELDS},
     "XenconsInterface": {"in_ring": "in", "out_ring": "out"},
+    "GnttabCopy64": {f"{side}_{name}": f"{side}.{member}" for side in ("source", "dest")
+                     for name, member in (("ref", "u.gmfn"), ("domid", "domid"),
+                                          ("offset", "offset"))},
 }
 
 _SOURCE = re.compile(r"^xen/include/public/(?P<header>\S+\.h) "

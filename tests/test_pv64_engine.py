@@ -423,8 +423,10 @@ msg: .ascii "64\n"
     assert regs["rip"] == stop.eip and regs["cs"] == FLAT_KERNEL_CS64
     assert "event channel port 2" in session.console_send(b"x")
     session.close()
-    with pytest.raises(SessionError, match="64-bit"):
-        Session.open(path, SessionOptions(memory_mib=16, disks=(object(),)))
+    from pvdbg.xen.devices import DiskSpec
+    with pytest.raises(SessionError, match="nonexistent"):      # disks are served; this one
+        Session.open(path, SessionOptions(memory_mib=16,       # cannot be opened
+                                          disks=(DiskSpec("/nonexistent/disk.img"),)))
 
 
 def test_session_step_and_breakpoint_on_64bit(tmp_path):

@@ -73,6 +73,10 @@ def test_initrd_becomes_the_start_info_module(debian_kernel, tmp_path):
     hv = session.hv
     si = StartInfo64.from_bytes(hv.guest.read(hv.layout.start_info_va, StartInfo64.SIZE))
     assert si.mod_len == 5006 and hv.guest.read(si.mod_start, 6) == b"070701"
+    # XEN_ELFNOTE_INIT_P2M: the p2m list is mapped at 512 GiB, outside the initial mapping.
+    assert si.mfn_list == 0x80_0000_0000 == hv.layout.p2m_va
+    assert si.first_p2m_pfn and si.nr_p2m_frames == si.nr_pages * 8 // 4096 + 3
+    assert hv.guest.read_u64(si.mfn_list) == hv.built.p2m[0]
     session.close()
 
 
@@ -88,7 +92,11 @@ def test_debian_kernel_reaches_hvc0_through_the_console_ring(debian_kernel):
         assert stop.reason is StopReason.limit, (stop, session.console_text[-2000:])
     text = session.console_text
     assert "printk: console [hvc0] enabled" in text and target in text, text[-2000:]
+    assert "Grant table initialized" in text          # grant_table_op, 64-bit layouts
     hv = session.hv
+    setups = [r for r in hv.trace.last(1_000_000)
+              if r.name == "grant_table_op" and r.args["cmd"] == "setup_table"]
+    assert setups and all(r.result == 0 for r in setups)
     sources = {r.name for r in hv.trace.last(1_000_000) if r.kind.name == "console"}
     assert len(sources) >= 2                        # console_io early, the ring later
     assert any(r.kind.name == "upcall" for r in hv.trace.last(1_000_000))

@@ -27,7 +27,7 @@ __all__ = [
     "StartInfo64", "VcpuInfo64", "ArchVcpuInfo64", "SharedInfo64", "PlatformParameters64",
     "SchedPoll64", "TrapInfo64", "CallbackRegister64", "MulticallEntry64", "MmuextOp64",
     "MachphysMapping64", "MemoryReservation64", "MemoryMap64", "AddToPhysmap64",
-    "GnttabSetupTable64", "GnttabGetStatusFrames64", "CpuUserRegs64", "VcpuGuestContext64",
+    "GnttabSetupTable64", "GnttabGetStatusFrames64", "GnttabCopy64", "GnttabTransfer64", "CpuUserRegs64", "VcpuGuestContext64",
     "IretContext64", "BounceFrame64", "BounceFrameErrorCode64", "FailsafeFrame64",
     "bounce_frame_va",
     # shared with the 32-bit ABI
@@ -177,6 +177,28 @@ class GnttabGetStatusFrames64:
     dom: int = at(4, "H")
     status: int = at(6, "h")
     frame_list: int = at(8, "Q")            # guest VA of u64[]
+
+
+@abi_struct(size=40, source="xen/include/public/grant_table.h struct gnttab_copy (x86_64)")
+class GnttabCopy64:
+    """The ref/gmfn union holds a 64-bit xen_pfn_t, so both sides are 16 bytes."""
+    source_ref: int = at(0, "Q")            # grant ref with GNTCOPY_source_gref, else a frame
+    source_domid: int = at(8, "H")
+    source_offset: int = at(10, "H")
+    dest_ref: int = at(16, "Q")             # grant ref with GNTCOPY_dest_gref, else a frame
+    dest_domid: int = at(24, "H")
+    dest_offset: int = at(26, "H")
+    len: int = at(32, "H")
+    flags: int = at(34, "H")                # GNTCOPY_*
+    status: int = at(36, "h")               # OUT
+
+
+@abi_struct(size=24, source="xen/include/public/grant_table.h struct gnttab_transfer (x86_64)")
+class GnttabTransfer64:
+    mfn: int = at(0, "Q")
+    domid: int = at(8, "H")
+    ref: int = at(12, "I")
+    status: int = at(16, "h")               # OUT
 
 
 @abi_struct(size=200, source="xen/include/public/arch-x86/xen-x86_64.h struct cpu_user_regs")

@@ -84,6 +84,30 @@ def _round_up(value: int, align: int) -> int:
     return (value + align - 1) & ~(align - 1)
 
 
+def guest_p2m(nr_pages: int, p2m_seed: int | None) -> list[int]:
+    """pfn -> mfn for a domain of `nr_pages` given machine frames 0..nr_pages-1: in
+    order, or shuffled by `p2m_seed` (so guests cannot assume pfn == mfn)."""
+    mfns = list(range(nr_pages))
+    if p2m_seed is not None:
+        random.Random(p2m_seed).shuffle(mfns)
+    return mfns
+
+
+class XenFrames:
+    """Machine frames for Xen's own structures, handed out zeroed in order from `first`
+    (the frame after the guest's); `next` is the first not handed out."""
+
+    def __init__(self, memory: MachineMemory, first: int) -> None:
+        self.memory = memory
+        self.next = first
+
+    def __call__(self) -> int:
+        mfn = self.next
+        self.next += 1
+        self.memory.zero_frame(mfn)
+        return mfn
+
+
 def build_domain(image: GuestImage, options: BuildOptions) -> BuiltDomain:
     if image.elfclass != 32:
         raise BuildError(f"{image.path}: 64-bit PV guests are not supported yet")
@@ -138,19 +162,8 @@ def build_domain(image: GuestImage, options: BuildOptions) -> BuiltDomain:
         raise BuildError("machine too large for the compat M2P")
     memory = MachineMemory(total)
 
-    guest_mfns = list(range(nr_pages))
-    if options.p2m_seed is not None:
-        random.Random(options.p2m_seed).shuffle(guest_mfns)
-    p2m = guest_mfns
-    xen_next = nr_pages
-
-    def xen_frame() -> int:
-        nonlocal xen_next
-        mfn = xen_next
-        xen_next += 1
-        memory.zero_frame(mfn)
-        return mfn
-
+    p2m = guest_p2m(nr_pages, options.p2m_seed)
+    xen_frame = XenFrames(memory, nr_pages)
     area = PrivateArea(memory, l1_mfn=xen_frame(), zero_mfn=xen_frame(),
                        trampoline_mfn=xen_frame(), tss_mfn=xen_frame(), stack_mfn=xen_frame(),
                        reserved_gdt_mfns=[xen_frame() for _ in range(options.vcpus)])
@@ -158,8 +171,8 @@ def build_domain(image: GuestImage, options: BuildOptions) -> BuiltDomain:
     shared_info_mfn = xen_frame()
     m2p_mfns = [xen_frame() for _ in range(nr_m2p_frames)]
     m2p_l1_mfns = [xen_frame() for _ in range(m2p_l1s)]
-    free_mfns = list(range(xen_next, total))
-    xen_mfns = set(range(nr_pages, xen_next))
+    free_mfns = list(range(xen_frame.next, total))
+    xen_mfns = set(range(nr_pages, xen_frame.next))
 
     # M2P contents: every guest frame maps back to its pfn, the rest is invalid.
     m2p = bytearray(b"\xff" * (nr_m2p_frames * PAGE_SIZE))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Sequence
 from ..machine.memory import PAGE_SHIFT
 from ..trace import TraceKind, TraceRecord
 from .abi import StartInfo32, XenconsInterface
-from .blkback import BindError, BlkBackend, BlkifOp, BlkTrace
+from .blkback import BindError, BlkBackend, BlkifAbi, BlkifOp, BlkTrace
 from .consring import ConsoleRing
 from .events import BackendPort, EvtchnStatus
 from .grant_table import GrantTable
@@ -108,10 +108,13 @@ class PvDevices:
                                    notify=self.console_port.notify)
 
         self.disks: list[BlkBackend] = []
+        # The toolstack announces the domain's native ring layout (libxl: x86_64-abi for
+        # a 64-bit PV domain).
+        guest_abi = BlkifAbi.x86_64 if getattr(hv, "guest_bits", 32) == 64 else BlkifAbi.x86_32
         for spec, vdev in zip(disks, disk_names(len(disks))):
             backend = BlkBackend(self.xenstore, self.grants, memory, spec.path,
                                  frontend_domid=domid, bind_event_channel=self._bind_blkif,
-                                 vdev=vdev, readonly=spec.readonly)
+                                 vdev=vdev, readonly=spec.readonly, guest_abi=guest_abi)
             backend.tracers.append(self._trace_blkif)
             backend.attach()
             self.disks.append(backend)

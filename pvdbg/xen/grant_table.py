@@ -6,7 +6,10 @@ PV guest receives by MFN from GNTTABOP_setup_table and maps itself.  The toolsta
 reserved entries 0 (console) and 1 (xenstore) before the guest runs.
 
 Every GNTTABOP a 32-bit PV domU can issue is served as Xen 4.17 does, with per-operation
-GNTST_* statuses written back and the refusal in Xen's words in the trace:
+GNTST_* statuses written back and the refusal in Xen's words in the trace.  A 64-bit PV
+domU (pv64/) is served by the same handlers through its own structure layouts
+(`GrantAbi`: 64-bit frame lists, handles and xen_pfn_t, abi64.py), except that it cannot
+map grants (map/unmap are -ENOSYS for it; its frontends only grant and copy):
 * map_grant_ref / unmap_grant_ref / unmap_and_replace: the domU may map grants that a
   domain gave it; the only domains here are itself (named by its domid: DOMID_SELF is no
   domain to _by_id lookups) and dom0, whose backends never grant pages to the domU (its
@@ -31,11 +34,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..machine.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from .abi import abi_struct, at
+from .abi64 import GnttabCopy64, GnttabGetStatusFrames64, GnttabSetupTable64, GnttabTransfer64
 from .constants import DOMID_SELF, HYPERVISOR_VIRT_START_PAE, Errno, Hc
 from .guestmem import GuestFault
 from .hypercalls import HYPERCALLS, HypercallError, Param, fail
 from .mm import (PTE_A, PTE_D, PTE_GNTTAB, PTE_NX, PTE_P, PTE_RW, PTE_U, MemoryManager, Owner,
                  PageType, pte_mfn)
+from .pv64.layout import guest_addr_ok
 
 if TYPE_CHECKING:
     from .builder import BuiltDomain
@@ -259,6 +264,38 @@ class AddToPhysmap32:
 
 
 ENTRIES_PER_FRAME = PAGE_SIZE // GrantEntryV1.SIZE
+
+
+@dataclass(frozen=True)
+class GrantAbi:
+    """The grant_table_op structures whose layout depends on the guest's ABI, and the
+    guest_handle_okay check of its arrays.  `frame_size`: bytes of one setup_table
+    frame_list entry (xen_pfn_t).  ABI: grant_table.h; compat/grant_table.c."""
+    bits: int
+    setup_table: type
+    get_status_frames: type
+    copy: type
+    transfer: type
+    frame_size: int
+
+    def array_ok(self, uop: int, count: int, size: int,
+                 hole_start: int = HYPERVISOR_VIRT_START_PAE) -> bool:
+        """The array lies in the guest's part of the address space (a 32-bit guest's
+        ends at `hole_start`)."""
+        if self.bits == 64:
+            return guest_addr_ok(uop, count * size)
+        return uop + count * size <= hole_start
+
+
+GRANT_ABI32 = GrantAbi(32, GnttabSetupTable32, GnttabGetStatusFrames32, GnttabCopy32,
+                       GnttabTransfer32, 4)
+GRANT_ABI64 = GrantAbi(64, GnttabSetupTable64, GnttabGetStatusFrames64, GnttabCopy64,
+                       GnttabTransfer64, 8)
+
+
+def grant_abi(hv) -> GrantAbi:
+    """The layouts for the domain `hv` runs (Hypervisor64 says guest_bits = 64)."""
+    return GRANT_ABI64 if getattr(hv, "guest_bits", 32) == 64 else GRANT_ABI32
 
 
 class GrantError(Exception):
@@ -569,8 +606,10 @@ def _setup_table(ctx: "HypercallContext", uop: int, count: int) -> int:
     if count == 0:
         ctx.note("count 0: nothing to do (compat path)")
         return 0
-    op = GnttabSetupTable32.from_bytes(ctx.guest.read(uop, GnttabSetupTable32.SIZE))
-    if op.frame_list + op.nr_frames * 4 > ctx.guest.hole_start:
+    abi = grant_abi(ctx.hv)
+    layout = abi.setup_table
+    op = layout.from_bytes(ctx.guest.read(uop, layout.SIZE))
+    if not abi.array_ok(op.frame_list, op.nr_frames, abi.frame_size, ctx.guest.hole_start):
         raise fail(Errno.EFAULT, "frame_list is outside the guest's address space")
     who, status = _target(ctx, op.dom)
     table = _table(ctx)
@@ -585,13 +624,18 @@ def _setup_table(ctx: "HypercallContext", uop: int, count: int) -> int:
         else:
             frames = table.frames[:op.nr_frames]
     for i, mfn in enumerate(frames):
+        slot = op.frame_list + abi.frame_size * i
         try:                           # compat copies each frame back and ignores faults
-            ctx.guest.write_u32(op.frame_list + 4 * i, mfn)
+            ctx.guest.write(slot, mfn.to_bytes(abi.frame_size, "little"))
         except GuestFault:
+            if abi.bits == 64:         # the native path stops at the first fault
+                status = Gntst.bad_virt_addr
+                ctx.note(f"frame_list[{i}] at {slot:#x} is not writable")
+                break
             ctx.note(f"frame_list[{i}] not writable; frame dropped as compat Xen does")
     ctx.note(f"nr_frames {op.nr_frames} -> status {Gntst(status).name}"
              + (f" frames {[hex(f) for f in frames]}" if frames else ""))
-    ctx.guest.write(uop + GnttabSetupTable32.offset_of("status"),
+    ctx.guest.write(uop + layout.offset_of("status"),
                     int(status).to_bytes(2, "little", signed=True))
     return 0
 
@@ -640,12 +684,13 @@ def _get_version(ctx: "HypercallContext", uop: int) -> int:
 def _get_status_frames(ctx: "HypercallContext", uop: int, count: int) -> int:
     if count != 1:
         raise fail(Errno.EINVAL, f"get_status_frames takes count 1, got {count}")
-    op = GnttabGetStatusFrames32.from_bytes(ctx.guest.read(uop, GnttabGetStatusFrames32.SIZE))
+    layout = grant_abi(ctx.hv).get_status_frames
+    op = layout.from_bytes(ctx.guest.read(uop, layout.SIZE))
     who, status = _target(ctx, op.dom)
     if who == "self" and op.nr_frames > 0:
         status = Gntst.general_error
         ctx.note(f"asked for {op.nr_frames} status frames; a version 1 table has none")
-    ctx.guest.write(uop + GnttabGetStatusFrames32.offset_of("status"),
+    ctx.guest.write(uop + layout.offset_of("status"),
                     int(status).to_bytes(2, "little", signed=True))
     return 0
 
@@ -1069,8 +1114,8 @@ def _lock_domain(ctx: "HypercallContext", domid: int, is_gref: bool,
     return Gntst.okay, ""
 
 
-def _claim_buf(ctx: "HypercallContext", table: GrantTable, op: GnttabCopy32, source: bool,
-               buf: _CopyBuf) -> tuple[Gntst, str]:
+def _claim_buf(ctx: "HypercallContext", table: GrantTable, op: GnttabCopy32 | GnttabCopy64,
+               source: bool, buf: _CopyBuf) -> tuple[Gntst, str]:
     """gnttab_copy_claim_buf."""
     mm: MemoryManager = ctx.hv.mm
     buf.read_only = source
@@ -1097,8 +1142,8 @@ def _claim_buf(ctx: "HypercallContext", table: GrantTable, op: GnttabCopy32, sou
     return Gntst.okay, ""
 
 
-def _copy_one(ctx: "HypercallContext", table: GrantTable, op: GnttabCopy32, src: _CopyBuf,
-              dst: _CopyBuf) -> tuple[Gntst, str]:
+def _copy_one(ctx: "HypercallContext", table: GrantTable, op: GnttabCopy32 | GnttabCopy64,
+              src: _CopyBuf, dst: _CopyBuf) -> tuple[Gntst, str]:
     """gnttab_copy_one."""
     mm: MemoryManager = ctx.hv.mm
     if (src.domain is None or op.source_domid != src.domid
@@ -1172,35 +1217,82 @@ def transfer_one(ctx: "HypercallContext", table: GrantTable,
     mm._owner[mfn] = Owner.free
     mm.tot_pages -= 1
     ctx.hv.cpu.flush_tlb()
-    who = _granting_domain(ctx, op.domid, any_id=False)
-    why = ""
-    if who is None:
+    headroom = (f"Transferee d{own} has no headroom (tot {mm.tot_pages}, max {mm.max_pages})"
+                if mm.tot_pages >= mm.max_pages else "")
+    refused = _transfer_refusal(ctx, table, op, headroom)
+    if refused is not None:
         _free_stolen(mm, mfn)
-        return Gntst.bad_domain, f"can't find d{op.domid}; mfn {mfn:#x} freed"
-    if who == "dom0":
-        why = f"d0 grant {op.ref:#x} does not accept a transfer from d{own}"
-    elif mm.tot_pages >= mm.max_pages:
-        why = f"Transferee d{own} has no headroom (tot {mm.tot_pages}, max {mm.max_pages})"
-    elif op.ref >= table.nr_entries:
-        why = f"Bad grant reference {op.ref:#x} for transfer to d{own}"
-    else:
-        entry = table.entry(op.ref)
-        if entry.flags != GtfFlags.accept_transfer or entry.domid != own:
-            why = f"Bad flags ({entry.flags:#x}) or dom ({entry.domid}); expected d{own}"
-    if why:
-        _free_stolen(mm, mfn)
-        return Gntst.general_error, why + f"; mfn {mfn:#x} freed"
-    entry = table.entry(op.ref)
-    table._write_flags(op.ref, entry.flags | GTF_TRANSFER_COMMITTED)
+        return refused[0], refused[1] + f"; mfn {mfn:#x} freed"
     mm._owner[mfn] = Owner.domain
     pi.owner, pi.count, pi.allocated = Owner.domain, 1, True
     mm.tot_pages += 1
-    mm.m2p_set(mfn, entry.frame)
-    table.set_entry(op.ref, GrantEntryV1(
+    pfn = _complete_transfer(table, op.ref, mfn)
+    mm.m2p_set(mfn, pfn)
+    return Gntst.okay, f"mfn {mfn:#x} transferred to d{own} grant {op.ref:#x} (pfn {pfn:#x})"
+
+
+def _transfer_refusal(ctx: "HypercallContext", table: GrantTable,
+                      op: GnttabTransfer32 | GnttabTransfer64,
+                      no_headroom: str) -> tuple[Gntst, str] | None:
+    """gnttab_transfer's checks of the receiving side once the frame is stolen: None if
+    grant `op.ref` of the named domain accepts it, else (status, why).  `no_headroom`:
+    the refusal when the domain is at its page limit, '' when it is not."""
+    own = ctx.domain.domid
+    who = _granting_domain(ctx, op.domid, any_id=False)
+    if who is None:
+        return Gntst.bad_domain, f"can't find d{op.domid}"
+    if who == "dom0":
+        return Gntst.general_error, f"d0 grant {op.ref:#x} does not accept a transfer from d{own}"
+    if no_headroom:
+        return Gntst.general_error, no_headroom
+    if op.ref >= table.nr_entries:
+        return Gntst.general_error, f"Bad grant reference {op.ref:#x} for transfer to d{own}"
+    entry = table.entry(op.ref)
+    if entry.flags != GtfFlags.accept_transfer or entry.domid != own:
+        return Gntst.general_error, (f"Bad flags ({entry.flags:#x}) or dom ({entry.domid}); "
+                                     f"expected d{own}")
+    return None
+
+
+def _complete_transfer(table: GrantTable, ref: int, mfn: int) -> int:
+    """Mark grant `ref` committed, then completed with the frame: returns the pfn the
+    receiver named in the entry (where the frame goes in its p2m)."""
+    entry = table.entry(ref)
+    table._write_flags(ref, entry.flags | GTF_TRANSFER_COMMITTED)
+    table.set_entry(ref, GrantEntryV1(
         flags=entry.flags | GTF_TRANSFER_COMMITTED | GTF_TRANSFER_COMPLETED,
         domid=entry.domid, frame=mfn))
-    return Gntst.okay, (f"mfn {mfn:#x} transferred to d{own} grant {op.ref:#x} "
-                        f"(pfn {entry.frame:#x})")
+    return entry.frame
+
+
+def transfer_one64(ctx: "HypercallContext", table: GrantTable,
+                   op: GnttabTransfer64) -> tuple[Gntst, str]:
+    """One gnttab_transfer for a 64-bit PV domain (pv64/mm.py's frame table, which counts
+    type references only): steal_page takes a frame of the domain that no pagetable,
+    writable mapping, pin or dom0 backend holds; the frame then goes to the grant entry
+    accepting it, or back to the free pool, scrubbed."""
+    own = ctx.domain.domid
+    hv = ctx.hv
+    mm = hv.mm
+    mfn = op.mfn
+    if not mm.frame_valid(mfn):
+        return Gntst.bad_page, f"out-of-range {mfn:#x}"
+    held = mfn in _dom0_mapped_frames(hv)
+    if not mm.get_page(mfn) or mm.count[mfn] or mfn in mm.pinned or held:
+        return Gntst.bad_page, (f"Bad steal mfn {mfn:#x} from d{own}: {mm.describe(mfn)}"
+                                + (" and mapped by dom0" if held else "")
+                                + " (needs only its allocation reference)")
+    mm.take_back(mfn)
+    hv.cpu.flush_tlb()
+    refused = _transfer_refusal(ctx, table, op, "")
+    if refused is not None:
+        hv.memory.zero_frame(mfn)
+        hv.built.free_mfns.append(mfn)
+        return refused[0], refused[1] + f"; mfn {mfn:#x} freed"
+    mm.give(mfn)
+    pfn = _complete_transfer(table, op.ref, mfn)
+    hv.set_m2p(mfn, pfn)
+    return Gntst.okay, f"mfn {mfn:#x} transferred to d{own} grant {op.ref:#x} (pfn {pfn:#x})"
 
 
 # -- cache_flush -------------------------------------------------------------------------
@@ -1220,17 +1312,19 @@ def _cache_flush_one(ctx: "HypercallContext", op: GnttabCacheFlush, cur_ref: int
     mfn = op.dev_bus_addr >> PAGE_SHIFT
     if not mm.frame_valid(mfn):
         raise fail(Errno.EINVAL, f"mfn {mfn:#x} is outside machine RAM")
-    if mm.peek(mfn).owner is not Owner.domain or mm.peek(mfn).count <= 0:
+    if not mm.get_page(mfn):
         raise fail(Errno.EPERM, f"{mm.not_ours(mfn)}: no grant table owner to check against")
+    mm.put_page(mfn)
     if op.op == GNTTAB_CACHE_INVAL:
         raise fail(Errno.EOPNOTSUPP, "x86 cannot invalidate the data cache without cleaning it")
 
 
 # -- the batched commands ----------------------------------------------------------------
-def _check_array(uop: int, count: int, size: int, name: str) -> None:
-    """guest_handle_okay: the whole array lies below the hypervisor hole."""
-    if uop + count * size > HYPERVISOR_VIRT_START_PAE:
-        raise fail(Errno.EFAULT, f"{count} {name} records at {uop:#x} reach the hypervisor hole")
+def _check_array(ctx: "HypercallContext", uop: int, count: int, size: int, name: str) -> None:
+    """guest_handle_okay: the whole array lies in the guest's part of the address space."""
+    if not grant_abi(ctx.hv).array_ok(uop, count, size):
+        raise fail(Errno.EFAULT, f"{count} {name} records at {uop:#x} reach the hypervisor's "
+                                 "addresses")
 
 
 def _write_status(ctx: "HypercallContext", addr: int, status: Gntst) -> None:
@@ -1238,7 +1332,7 @@ def _write_status(ctx: "HypercallContext", addr: int, status: Gntst) -> None:
 
 
 def _map_batch(ctx: "HypercallContext", uop: int, count: int) -> int:
-    _check_array(uop, count, GnttabMapGrantRef.SIZE, "map_grant_ref")
+    _check_array(ctx, uop, count, GnttabMapGrantRef.SIZE, "map_grant_ref")
     table = _table(ctx)
     for i in range(count):
         addr = uop + i * GnttabMapGrantRef.SIZE
@@ -1254,7 +1348,7 @@ def _map_batch(ctx: "HypercallContext", uop: int, count: int) -> int:
 
 def _unmap_batch(ctx: "HypercallContext", uop: int, count: int, replace: bool) -> int:
     struct_ = GnttabUnmapAndReplace if replace else GnttabUnmapGrantRef
-    _check_array(uop, count, struct_.SIZE, "unmap")
+    _check_array(ctx, uop, count, struct_.SIZE, "unmap")
     table = _table(ctx)
     try:
         for i in range(count):
@@ -1272,20 +1366,21 @@ def _unmap_batch(ctx: "HypercallContext", uop: int, count: int, replace: bool) -
 
 
 def _copy_batch(ctx: "HypercallContext", uop: int, count: int) -> int:
-    _check_array(uop, count, GnttabCopy32.SIZE, "copy")
+    layout = grant_abi(ctx.hv).copy
+    _check_array(ctx, uop, count, layout.SIZE, "copy")
     table = _table(ctx)
     mm: MemoryManager = ctx.hv.mm
     src, dst = _CopyBuf(), _CopyBuf()
     try:
         for i in range(count):
-            addr = uop + i * GnttabCopy32.SIZE
-            op = GnttabCopy32.from_bytes(ctx.guest.read(addr, GnttabCopy32.SIZE))
+            addr = uop + i * layout.SIZE
+            op = layout.from_bytes(ctx.guest.read(addr, layout.SIZE))
             status, why = _copy_one(ctx, table, op, src, dst)
             if status != Gntst.okay:
                 _release_buf(mm, table, src)
                 _release_buf(mm, table, dst)
             _note(ctx, i, f"[{i}] GNTST_{Gntst(status).name} ({why})")
-            _write_status(ctx, addr + GnttabCopy32.offset_of("status"), status)
+            _write_status(ctx, addr + layout.offset_of("status"), status)
     finally:
         _release_buf(mm, table, src)
         _release_buf(mm, table, dst)
@@ -1293,20 +1388,22 @@ def _copy_batch(ctx: "HypercallContext", uop: int, count: int) -> int:
 
 
 def _transfer_batch(ctx: "HypercallContext", uop: int, count: int) -> int:
-    _check_array(uop, count, GnttabTransfer32.SIZE, "transfer")
+    layout = grant_abi(ctx.hv).transfer
+    _check_array(ctx, uop, count, layout.SIZE, "transfer")
     table = _table(ctx)
+    one = transfer_one64 if layout is GnttabTransfer64 else transfer_one
     for i in range(count):
-        addr = uop + i * GnttabTransfer32.SIZE
-        op = GnttabTransfer32.from_bytes(ctx.guest.read(addr, GnttabTransfer32.SIZE))
-        status, why = transfer_one(ctx, table, op)
+        addr = uop + i * layout.SIZE
+        op = layout.from_bytes(ctx.guest.read(addr, layout.SIZE))
+        status, why = one(ctx, table, op)
         _note(ctx, i, f"[{i}] mfn {op.mfn:#x} to d{op.domid} ref {op.ref:#x}: "
                       f"GNTST_{Gntst(status).name} ({why})")
-        _write_status(ctx, addr + GnttabTransfer32.offset_of("status"), status)
+        _write_status(ctx, addr + layout.offset_of("status"), status)
     return 0
 
 
 def _cache_flush_batch(ctx: "HypercallContext", uop: int, count: int, opaque: int) -> int:
-    _check_array(uop, count, GnttabCacheFlush.SIZE, "cache_flush")
+    _check_array(ctx, uop, count, GnttabCacheFlush.SIZE, "cache_flush")
     cur_ref = opaque
     for i in range(count):
         op = GnttabCacheFlush.from_bytes(ctx.guest.read(uop + i * GnttabCacheFlush.SIZE,
@@ -1315,6 +1412,10 @@ def _cache_flush_batch(ctx: "HypercallContext", uop: int, count: int, opaque: in
         cur_ref = 0
     ctx.note(f"{count} cache flush(es): nothing to write back on an emulated CPU")
     return 0
+
+
+_MAPPING_OPS = frozenset({GnttabOp.map_grant_ref, GnttabOp.unmap_grant_ref,
+                          GnttabOp.unmap_and_replace})
 
 
 @HYPERCALLS.handler(Hc.grant_table_op, Param("cmd", GnttabOp), Param("uop"), Param("count", "int"))
@@ -1327,6 +1428,9 @@ def grant_table_op(ctx: "HypercallContext", cmd: int, uop: int, count: int) -> i
     cmd &= GNTTABOP_CMD_MASK
     if opaque and cmd != GnttabOp.cache_flush:
         raise fail(Errno.EINVAL, f"continuation bits {opaque:#x} on a command that takes none")
+    if cmd in _MAPPING_OPS and grant_abi(ctx.hv).bits == 64:
+        raise fail(Errno.ENOSYS, f"GNTTABOP_{GnttabOp(cmd).name}: pvdbg maps grants into "
+                                 "32-bit guests' pagetables only")
     if cmd == GnttabOp.map_grant_ref:
         return _map_batch(ctx, uop, count)
     if cmd == GnttabOp.unmap_grant_ref:

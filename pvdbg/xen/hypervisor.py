@@ -242,6 +242,13 @@ class Hypervisor:
             return (HYPERCALLS.name_of(number),
                     {"arg1": raw[0], "arg2": raw[1], "arg3": raw[2], "arg4": raw[3],
                      "arg5": raw[4]}, -Errno.ENOSYS)
+        return self.run_handler(ctx, spec, raw)
+
+    @staticmethod
+    def run_handler(ctx: HypercallContext, spec, raw: tuple[int, ...]
+                    ) -> tuple[str, dict[str, Any], int | None]:
+        """Call `spec`'s handler with the raw arguments it takes: a refusal becomes
+        -errno and a bad guest buffer -EFAULT, each with its reason noted."""
         args = spec.decode_args(raw)
         try:
             result = spec.fn(ctx, *raw[:len(spec.params)])

@@ -6,23 +6,31 @@ console page, pagetables (L4, L3s, L2s, L1s), boot stack, then padding so at lea
 512 KiB lie mapped above the stack, rounded to 4 MiB.  Every page is mapped at
 VIRT_BASE + pfn*4096; pagetable pages read-only.  Xen's slots of the L4 hold the
 read-only M2P (slot 256, 8-byte entries, user-readable) and Xen's private area (slot
-260, supervisor-only).  The p2m stays inside the initial mapping (the layout libxc uses
-without an INIT_P2M placement).
+260, supervisor-only).
+
+The p2m list sits after the initrd inside the initial mapping, unless the kernel gives
+XEN_ELFNOTE_INIT_P2M (a page-aligned VA below VIRT_BASE; libxc ignores any other): then
+it is allocated after the boot stack, followed by the pagetables that map it at that VA
+(L3s, L2s, L1s for the regions the initial mapping's tables do not cover, hung off the
+initial L4), and start_info says mfn_list = that VA, first_p2m_pfn, nr_p2m_frames (the
+list and those tables).  The initial mapping maps those tables read-only too, where it
+reaches them.  ABI: xg_dom_core.c xc_dom_build_image, xg_dom_x86.c count_pgtables,
+alloc_p2m_list_x86_64, setup_pgtables_x86, start_info_x86_64.
 ABI: xen/include/public/xen.h (start-of-day comment), XEN-PV-ABI.md section 2.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from ...machine.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from ..abi64 import SharedInfo64, StartInfo64, VcpuInfo64
-from ..builder import SPARE_MACHINE_FRAMES, BuildError, BuildOptions, DomainLayout
+from ..builder import (SPARE_MACHINE_FRAMES, BuildError, BuildOptions, DomainLayout,
+                       XenFrames, guest_p2m)
 from ..image import GuestImage
 from .area import PrivateArea64
 from .layout import (M2P_L4_SLOT, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
                      PERDOMAIN_L4_SLOT, PTE_A, PTE_D, PTE_NX, PTE_P, PTE_RW, PTE_U,
-                     HYPERVISOR_VIRT_START, table_index)
+                     HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, is_canonical, table_index)
 
 L1_FLAGS = PTE_P | PTE_RW | PTE_A | PTE_U       # Xen adds U to every 64-bit PV entry
 L1_FLAGS_RO = PTE_P | PTE_A | PTE_U             # pagetable pages
@@ -74,6 +82,28 @@ def _tables_needed(virt_base: int, virt_end: int) -> tuple[list[int], list[int],
     return l3s, l2s, l1s
 
 
+def _init_p2m_base(image: GuestImage, virt_base: int) -> int | None:
+    """The VA XEN_ELFNOTE_INIT_P2M asks for, or None where libxc ignores it (at or above
+    VIRT_BASE, or not page-aligned).  BuildError for an address no L4 can map for the
+    guest (non-canonical, or in Xen's slots)."""
+    base = image.notes.init_p2m
+    if base is None or base >= virt_base or base & (PAGE_SIZE - 1):
+        return None
+    if not is_canonical(base) or HYPERVISOR_VIRT_START <= base < HYPERVISOR_VIRT_END:
+        raise BuildError(f"{image.path}: INIT_P2M {base:#x} is not an address the guest "
+                         "may map")
+    return base
+
+
+def _p2m_tables(p2m_base: int, p2m_end: int, initial: tuple[list[int], list[int], list[int]]
+                ) -> tuple[list[int], list[int], list[int]]:
+    """count_pgtables for the p2m mapping: the 512 GiB, 1 GiB and 2 MiB regions it
+    touches that the initial mapping's L3s, L2s and L1s do not already cover."""
+    wanted = _tables_needed(p2m_base, p2m_end)
+    l3s, l2s, l1s = (sorted(set(w) - set(have)) for w, have in zip(wanted, initial))
+    return l3s, l2s, l1s
+
+
 def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b"") -> BuiltDomain64:
     if image.elfclass != 64:
         raise BuildError(f"{image.path}: not a 64-bit PV kernel")
@@ -88,13 +118,16 @@ def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b""
     if virt_base < HYPERVISOR_VIRT_START and image.kernel_end_va > HYPERVISOR_VIRT_START:
         raise BuildError(f"{image.path}: the kernel overlaps Xen's slots")
 
+    p2m_base = _init_p2m_base(image, virt_base)
     kernel_first = (image.kernel_start_va - virt_base) >> PAGE_SHIFT
     kernel_end = _pages(image.kernel_end_va - virt_base)
     next_pfn = kernel_end
     module_pfn = next_pfn
     next_pfn += _pages(len(initrd))
+    p2m_pages = _pages(nr_pages * 8)
     p2m_pfn = next_pfn
-    next_pfn += _pages(nr_pages * 8)
+    if p2m_base is None:
+        next_pfn += p2m_pages
     start_info_pfn = next_pfn
     store_pfn = start_info_pfn + 1
     console_pfn = store_pfn + 1
@@ -111,8 +144,19 @@ def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b""
         nr_pt = need
     virt_end = try_end
     mapped_pages = (virt_end - virt_base) >> PAGE_SHIFT
-    if mapped_pages > nr_pages:
-        raise BuildError(f"{image.path}: image and bootstrap need {mapped_pages * 4 // 1024} "
+    p2m_l3s: list[int] = []
+    p2m_l2s: list[int] = []
+    p2m_l1s: list[int] = []
+    p2m_pt_pfns = range(0)
+    if p2m_base is not None:
+        p2m_pfn = stack_pfn + 1
+        p2m_l3s, p2m_l2s, p2m_l1s = _p2m_tables(p2m_base, p2m_base + p2m_pages * PAGE_SIZE,
+                                                (l3s, l2s, l1s))
+        p2m_pt_pfns = range(p2m_pfn + p2m_pages,
+                            p2m_pfn + p2m_pages + len(p2m_l3s) + len(p2m_l2s) + len(p2m_l1s))
+    needed = max(mapped_pages, p2m_pt_pfns.stop)
+    if needed > nr_pages:
+        raise BuildError(f"{image.path}: image and bootstrap need {needed * 4 // 1024} "
                          f"MiB, more than --memory {options.memory_mib}")
 
     # Machine frames: guest frames first, then Xen's own, then a spare pool.
@@ -127,19 +171,8 @@ def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b""
         raise BuildError("machine too large for the M2P")
     memory = MachineMemory(total)
 
-    guest_mfns = list(range(nr_pages))
-    if options.p2m_seed is not None:
-        random.Random(options.p2m_seed).shuffle(guest_mfns)
-    p2m = guest_mfns
-    xen_next = nr_pages
-
-    def xen_frame() -> int:
-        nonlocal xen_next
-        mfn = xen_next
-        xen_next += 1
-        memory.zero_frame(mfn)
-        return mfn
-
+    p2m = guest_p2m(nr_pages, options.p2m_seed)
+    xen_frame = XenFrames(memory, nr_pages)
     area = PrivateArea64(memory, l3_mfn=xen_frame(), l2_mfn=xen_frame(), l1_mfn=xen_frame(),
                          zero_mfn=xen_frame(), trampoline_mfn=xen_frame(),
                          stack_mfn=xen_frame(),
@@ -150,8 +183,8 @@ def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b""
     m2p_l1_mfns = [xen_frame() for _ in range(nr_m2p_l1)]
     m2p_l2_mfn = xen_frame()
     m2p_l3_mfn = xen_frame()
-    free_mfns = list(range(xen_next, total))
-    xen_mfns = set(range(nr_pages, xen_next))
+    free_mfns = list(range(xen_frame.next, total))
+    xen_mfns = set(range(nr_pages, xen_frame.next))
 
     m2p = bytearray(b"\xff" * (nr_m2p * PAGE_SIZE))
     for pfn, mfn in enumerate(p2m):
@@ -202,8 +235,27 @@ def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b""
                          maddr(pfn) | UPPER_FLAGS)
     for pfn in range(mapped_pages):
         va = virt_base + pfn * PAGE_SIZE
-        flags = L1_FLAGS_RO if pfn in pt_pfns else L1_FLAGS
+        flags = L1_FLAGS_RO if pfn in pt_pfns or pfn in p2m_pt_pfns else L1_FLAGS
         memory.write_u64(maddr(l1_pfn[va >> 21]) + table_index(va, 1) * 8, maddr(pfn) | flags)
+    if p2m_base is not None:
+        # The p2m mapping's own tables, in pfn order L3s, L2s, L1s, each hung off the
+        # table above it (its own or the initial mapping's).
+        tables = iter(p2m_pt_pfns)
+        l3_pfn.update({slot: next(tables) for slot in p2m_l3s})
+        l2_pfn.update({gib: next(tables) for gib in p2m_l2s})
+        l1_pfn.update({two_mib: next(tables) for two_mib in p2m_l1s})
+        for slot in p2m_l3s:
+            memory.write_u64(maddr(l4_pfn) + (slot & 0x1FF) * 8, maddr(l3_pfn[slot]) | UPPER_FLAGS)
+        for gib in p2m_l2s:
+            memory.write_u64(maddr(l3_pfn[gib >> 9]) + (gib & 0x1FF) * 8,
+                             maddr(l2_pfn[gib]) | UPPER_FLAGS)
+        for two_mib in p2m_l1s:
+            memory.write_u64(maddr(l2_pfn[two_mib >> 9]) + (two_mib & 0x1FF) * 8,
+                             maddr(l1_pfn[two_mib]) | UPPER_FLAGS)
+        for i in range(p2m_pages):
+            va = p2m_base + i * PAGE_SIZE
+            memory.write_u64(maddr(l1_pfn[va >> 21]) + table_index(va, 1) * 8,
+                             maddr(p2m_pfn + i) | L1_FLAGS)
     for slot, entry in xen_l4.items():
         memory.write_u64(maddr(l4_pfn) + slot * 8, entry)
 
@@ -213,13 +265,16 @@ def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b""
             raise BuildError(f"{image.path}: HYPERCALL_PAGE outside the initial mapping")
         memory.write(maddr(pfn), hypercall_page_64())
 
+    p2m_va = virt_base + p2m_pfn * PAGE_SIZE if p2m_base is None else p2m_base
     start_info = StartInfo64(
         magic=START_INFO_MAGIC64, nr_pages=nr_pages, shared_info=shared_info_mfn << PAGE_SHIFT,
         flags=0, store_mfn=p2m[store_pfn], store_evtchn=1, console_mfn=p2m[console_pfn],
         console_evtchn=2, pt_base=virt_base + l4_pfn * PAGE_SIZE, nr_pt_frames=nr_pt,
-        mfn_list=virt_base + p2m_pfn * PAGE_SIZE,
+        mfn_list=p2m_va,
         mod_start=virt_base + module_pfn * PAGE_SIZE if initrd else 0, mod_len=len(initrd),
-        cmd_line=options.cmdline.encode()[:1023], first_p2m_pfn=0, nr_p2m_frames=0)
+        cmd_line=options.cmdline.encode()[:1023],
+        first_p2m_pfn=p2m_pfn if p2m_base is not None else 0,
+        nr_p2m_frames=p2m_pages + len(p2m_pt_pfns) if p2m_base is not None else 0)
     memory.write(maddr(start_info_pfn), start_info.to_bytes())
     si = shared_info_mfn << PAGE_SHIFT
     for vcpu_id in range(SharedInfo64.NR_VCPU_INFO):
@@ -230,7 +285,7 @@ def build_domain64(image: GuestImage, options: BuildOptions, initrd: bytes = b""
     stack_va = virt_base + stack_pfn * PAGE_SIZE
     layout = DomainLayout(
         nr_pages=nr_pages, virt_base=virt_base, kernel_pfns=range(kernel_first, kernel_end),
-        p2m_va=virt_base + p2m_pfn * PAGE_SIZE,
+        p2m_va=p2m_va,
         start_info_va=virt_base + start_info_pfn * PAGE_SIZE,
         store_pfn=store_pfn, console_pfn=console_pfn, pt_base_va=virt_base + l4_pfn * PAGE_SIZE,
         nr_pt_frames=nr_pt, pt_pfns=pt_pfns, stack_va=stack_va, virt_end=virt_end,

@@ -12,18 +12,22 @@ from typing import TYPE_CHECKING
 
 from ...machine.memory import PAGE_SHIFT, PAGE_SIZE
 from ...trace import TraceKind, TraceRecord
-from ..abi64 import (CallbackRegister64, MachphysMapping64, MemoryMap64, MmuextOp64,
+from ..abi64 import (CallbackRegister64, MachphysMapping64, MemoryMap64, MemoryReservation64,
+                     MmuextOp64,
                      MulticallEntry64, PlatformParameters64, SchedPoll64, TrapInfo64)
 from ..abi import FeatureInfo
 from ..callbacks import CallbackOp, CallbackType
-from ..constants import (Errno, Hc, MmuCmd, MmuextCmd, SchedOp, Uvmf, Vmasst, VmasstCmd,
+from ..constants import (DOMID_SELF, Errno, Hc, MmuCmd, MmuextCmd, SchedOp, Uvmf, Vmasst, VmasstCmd,
                          XenMem, XenVer, errno_name)
 from ..guestmem import GuestFault
+from ..mm import DOMU_MAX_ORDER
+from ..mmu import MEMOP_EXTENT_SHIFT
 from ..hypercalls import HYPERCALLS, HypercallTable, Param, fail
 from ..physdev import PhysdevOp
 from ..xenfeatures import domu_feature_submap
 from .layout import (HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, MACH2PHYS_VIRT_END,
                      MACH2PHYS_VIRT_START, is_canonical)
+from .ldt import set_ldt
 from .mm import PageType
 from .traps import CALLBACKF_MASK_EVENTS, TrapEntry
 
@@ -31,8 +35,10 @@ if TYPE_CHECKING:
     from ..hypervisor import HypercallContext
 
 HYPERCALLS64 = HypercallTable()
-# Handlers of the shared table whose arguments mean the same for a 64-bit guest.
-SHARED_WITH_64 = frozenset({Hc.console_io, Hc.event_channel_op})
+# Handlers of the shared table whose arguments mean the same for a 64-bit guest, or that
+# pick the 64-bit structure layouts themselves (grant_table_op: grant_table.GrantAbi).
+SHARED_WITH_64 = frozenset({Hc.console_io, Hc.event_channel_op, Hc.grant_table_op,
+                            Hc.sched_op_compat})
 MAX_MULTICALL_ENTRIES = 1 << 20
 SEGBASE_FS, SEGBASE_GS_USER, SEGBASE_GS_KERNEL, SEGBASE_GS_USER_SEL = 0, 1, 2, 3
 
@@ -323,9 +329,7 @@ def mmuext_op64(ctx: "HypercallContext", ops: int, count: int, done_ptr: int,
                          MmuextCmd.flush_cache, MmuextCmd.flush_cache_global):
                 hv.flush_guest_tlb()
             elif cmd == MmuextCmd.set_ldt:
-                if op.arg2 != 0:
-                    raise fail(Errno.EINVAL, "LDTs are not supported for 64-bit guests by pvdbg")
-                hv.cpu.set_ldtr(0, 0, 0)
+                ctx.note(set_ldt(hv, ctx.vcpu, op.arg1, op.arg2))
             elif cmd == MmuextCmd.clear_page:
                 mfn = op.arg1
                 if not mm.may_map(mfn) or mm.count[mfn] and mm.type[mfn] != PageType.writable:
@@ -434,8 +438,60 @@ def memory_op64(ctx: "HypercallContext", cmd: int, arg: int) -> int:
             v_start=MACH2PHYS_VIRT_START, v_end=MACH2PHYS_VIRT_END,
             max_mfn=(MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) // 8 - 1).to_bytes())
         return 0
+    if op == XenMem.decrease_reservation:
+        return _decrease_reservation64(ctx, arg, cmd >> MEMOP_EXTENT_SHIFT)
     raise fail(Errno.ENOSYS, f"memory_op {XenMem(op).name if op in XenMem._value2member_map_ else op}"
                " is not provided for 64-bit guests yet")
+
+
+def _decrease_reservation64(ctx: "HypercallContext", arg: int, start: int) -> int:
+    """XENMEM_decrease_reservation: the domain gives back extents of frames it names by
+    MFN (a PV domain's gmfn); each frame is unpinned if pinned and returns, scrubbed, to
+    the free pool.  A frame still typed (a live pagetable, descriptor table or writable
+    mapping) stops the batch there, as this frame table cannot defer the free.
+    Returns the extents done.  ABI: xen/common/memory.c decrease_reservation,
+    guest_remove_page; xen/include/public/memory.h struct xen_memory_reservation."""
+    hv = ctx.hv
+    mm = hv.mm
+    try:
+        r = MemoryReservation64.from_bytes(ctx.guest.read(arg, MemoryReservation64.SIZE))
+    except GuestFault as fault:
+        ctx.note(f"reservation unreadable: {fault}")
+        return start
+    if start >= r.nr_extents or r.domid not in (DOMID_SELF, ctx.domain.domid):
+        ctx.note(f"nothing to do (start {start}, {r.nr_extents} extents, d{r.domid})")
+        return start
+    if r.extent_order > DOMU_MAX_ORDER:
+        ctx.note(f"extent order {r.extent_order} above the domU limit {DOMU_MAX_ORDER}")
+        return start
+    done = start
+    for i in range(start, r.nr_extents):
+        try:
+            gmfn = ctx.guest.read_u64(r.extent_start + 8 * i)
+        except GuestFault as fault:
+            ctx.note(f"extent {i}: {fault}")
+            break
+        why = ""
+        for mfn in range(gmfn, gmfn + (1 << r.extent_order)):
+            if not mm.get_page(mfn):
+                why = f"{mm.not_ours(mfn)}"
+                break
+            if mfn in mm.pinned:
+                mm.unpin(mfn)
+            if mm.count[mfn]:
+                why = f"{mm.describe(mfn)}: still in use"
+                break
+            mm.take_back(mfn)
+            hv.memory.zero_frame(mfn)
+            hv.built.free_mfns.append(mfn)
+        if why:
+            ctx.note(f"extent {i}: {why}")
+            break
+        done = i + 1
+    hv.flush_guest_tlb()
+    ctx.note(f"{done - start} of {r.nr_extents - start} extents given back; the domain has "
+             f"{hv.nr_guest_pages()} pages")
+    return done
 
 
 # -- multicall ----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ...trace import TraceKind, TraceLog, TraceRecord
 from ..abi64 import SharedInfo64, StartInfo64, VcpuInfo64
 from ..constants import Errno, errno_name
 from ..guestmem import GuestFault
-from ..hypercalls import HypercallError, fail
+from ..hypercalls import fail
 from ..hypervisor import DomainState, HypercallContext, Hypervisor
 from ..time import TimeKeeper
 from .area import GDT_LIMIT, TRAMP_IRETQ, TRAMPOLINE_VA, gdt_window_va
@@ -50,6 +50,9 @@ class Vcpu64:
     gdt_frames: list[int] = field(default_factory=list)
     gdt_entries: int = 0
     block_reason: str = ""
+    ldt_base: int = 0                      # MMUEXT_SET_LDT (ldt.py)
+    ldt_ents: int = 0
+    ldt_frames: list[int] = field(default_factory=list)    # typed seg_desc, in the window
 
 
 class Hypervisor64(Hypervisor):
@@ -246,17 +249,7 @@ class Hypervisor64(Hypervisor):
                      else "no such hypercall for this guest")
             return (self._hc_name(number),
                     {f"arg{i + 1}": raw[i] for i in range(5)}, -Errno.ENOSYS)
-        args = spec.decode_args(raw)
-        try:
-            result = spec.fn(ctx, *raw[:len(spec.params)])
-        except HypercallError as err:
-            result = -err.errno
-            if err.why:
-                ctx.note(err.why)
-        except GuestFault as fault:
-            result = -Errno.EFAULT
-            ctx.note(f"bad guest buffer: {fault}")
-        return spec.name, args, result
+        return self.run_handler(ctx, spec, raw)
 
     @staticmethod
     def _hc_name(number: int) -> str:

@@ -93,6 +93,35 @@ class MemoryManager64:
         """A Xen frame the guest may map (grant table frames, as shared_info)."""
         self.shared_xen.add(mfn)
 
+    # -- general references (get_page / put_page), as grant_table.py asks for them ------
+    def frame_valid(self, mfn: int) -> bool:
+        return 0 <= mfn < self.nr_frames
+
+    def get_page(self, mfn: int) -> bool:
+        """get_page(): whether `mfn` is allocated to the domain.  This frame table counts
+        type references only; a frame leaves the domain through take_back, which refuses
+        while a type reference holds it, and never during one hypercall."""
+        return self.frame_valid(mfn) and bool(self.owned[mfn])
+
+    def put_page(self, mfn: int) -> None:
+        """The end of a get_page() use: no general count to drop (see get_page)."""
+
+    def not_ours(self, mfn: int) -> str:
+        """Why `mfn` cannot be referenced by the domain, in one phrase."""
+        if not self.frame_valid(mfn):
+            return f"mfn {mfn:#x} is outside machine RAM"
+        if mfn in self.hv.built.free_mfns:
+            return f"mfn {mfn:#x} is a free frame, not allocated to the domain"
+        if not self.owned[mfn]:
+            return f"mfn {mfn:#x} belongs to Xen, not to the domain"
+        return f"mfn {mfn:#x} is the domain's"
+
+    def describe(self, mfn: int) -> str:
+        """'mfn 0x1a2b is the domain's (type l1, count 2)'."""
+        if not self.frame_valid(mfn) or not self.owned[mfn]:
+            return self.not_ours(mfn)
+        return f"mfn {mfn:#x} is the domain's (type {self.type_name(mfn)}, count {self.count[mfn]})"
+
     def type_name(self, mfn: int) -> str:
         return PageType(self.type[mfn]).name if self.count[mfn] else "none"
 
