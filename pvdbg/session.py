@@ -89,17 +89,20 @@ class Session:
                  trace_file: IO[str] | None = None) -> None:
         self.image = image
         self.options = options
-        if image.elfclass == 64:
-            self._init_64bit(image, options, trace_file)
-            return
-        if options.initrd:
-            raise SessionError("--initrd is only supported for 64-bit guests")
-        built = build_domain(image, BuildOptions(memory_mib=options.memory_mib or 64,
-                                                 cmdline=options.cmdline,
-                                                 p2m_seed=options.p2m_seed, vcpus=options.vcpus))
+        if options.clock not in ("icount", "host"):
+            raise SessionError(f"clock must be 'icount' or 'host', not {options.clock!r}")
         self.trace = TraceLog(options.trace_capacity, trace_file)
-        self.hv = Hypervisor(built, image.symbols, self.trace,
-                             hypercall_page_va=image.hypercall_page_va)
+        if image.elfclass == 64:
+            self.hv = self._hypervisor_64bit(image, options)
+        else:
+            if options.initrd:
+                raise SessionError("--initrd is only supported for 64-bit guests")
+            built = build_domain(image, BuildOptions(memory_mib=options.memory_mib or 64,
+                                                     cmdline=options.cmdline,
+                                                     p2m_seed=options.p2m_seed,
+                                                     vcpus=options.vcpus))
+            self.hv = Hypervisor(built, image.symbols, self.trace,
+                                 hypercall_page_va=image.hypercall_page_va)
         self.cpu = self.hv.cpu
         try:
             self.devices = attach_devices(self.hv, disks=options.disks, kernel=image.path,
@@ -111,33 +114,15 @@ class Session:
         self._interrupt = threading.Event()
         self.last_stop: Stopped | None = None
         self.debug = DebugState(self.hv)
-        if options.clock not in ("icount", "host"):
-            raise SessionError(f"clock must be 'icount' or 'host', not {options.clock!r}")
         self.cpu.counting = options.clock == "icount"
 
-    def _init_64bit(self, image: GuestImage, options: SessionOptions,
-                    trace_file: IO[str] | None) -> None:
+    def _hypervisor_64bit(self, image: GuestImage, options: SessionOptions):
         """A 64-bit PV domain (pvdbg/xen/pv64): same run loop, dom0 daemons and disks."""
         from .xen.pv64.domain import create_hypervisor64
-        self.trace = TraceLog(options.trace_capacity, trace_file)
-        self.hv = create_hypervisor64(image, memory_mib=options.memory_mib,
-                                      cmdline=options.cmdline, p2m_seed=options.p2m_seed,
-                                      vcpus=options.vcpus, trace=self.trace,
-                                      initrd=options.initrd)
-        self.cpu = self.hv.cpu
-        try:
-            self.devices = attach_devices(self.hv, disks=options.disks, kernel=image.path,
-                                          cmdline=options.cmdline, xenstore=options.xenstore)
-        except ValueError as exc:
-            raise SessionError(str(exc)) from None
-        self.console_input = ConsoleInput()
-        self.input_watch = InputPollWatch(self.hv, self.devices, self.console_input)
-        self._interrupt = threading.Event()
-        self.last_stop: Stopped | None = None
-        self.debug = DebugState(self.hv)
-        if options.clock not in ("icount", "host"):
-            raise SessionError(f"clock must be 'icount' or 'host', not {options.clock!r}")
-        self.cpu.counting = options.clock == "icount"
+        return create_hypervisor64(image, memory_mib=options.memory_mib,
+                                   cmdline=options.cmdline, p2m_seed=options.p2m_seed,
+                                   vcpus=options.vcpus, trace=self.trace,
+                                   initrd=options.initrd)
 
     @classmethod
     def open(cls, path: str | Path | None = None, options: SessionOptions = SessionOptions(),
