@@ -14,6 +14,7 @@ Protocol source: gdb manual, "Remote Protocol" > "Packets", "Stop Reply Packets"
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -208,6 +209,7 @@ class Stub:
         g_packet = getattr(target, "g_packet", None)
         self._g_packet = g_packet if self.tdesc is own_tdesc else None
         self._resume_is_quick = getattr(target, "resume_is_quick", None)
+        self._stop_registers = getattr(target, "stop_registers", None)
         self._inline_resumes = bool(getattr(target, "inline_resumes", False))
 
     # -- dispatch -----------------------------------------------------------
@@ -273,14 +275,20 @@ class Stub:
         return reply
 
     def expedited_registers(self, vcpu: int) -> bytes:
-        """`NN:VALUE;` for EXPEDITED_REGISTERS of `vcpu`; unavailable ones are left out."""
+        """`NN:VALUE;` for EXPEDITED_REGISTERS of `vcpu`; unavailable ones are left out.
+        A target's optional `stop_registers(vcpu)` gives them all in one batch."""
+        batch = self._stop_registers(vcpu) if self._stop_registers is not None else None
+        if batch is None:
+            batch = {}
         read = self.target.read_register
         parts = []
         for name, prefix, nbytes, mask in self._expedited:
-            try:
-                value = read(vcpu, name)
-            except TargetError:
-                continue
+            value = batch.get(name)
+            if value is None:
+                try:
+                    value = read(vcpu, name)
+                except TargetError:
+                    continue
             parts.append(prefix + (value & mask).to_bytes(nbytes, "little").hex().encode() + b";")
         return b"".join(parts)
 
@@ -349,7 +357,14 @@ class Stub:
 
 # -- helpers for argument parsing ---------------------------------------------
 
+_ADDRESS_LENGTH_RE = re.compile(rb"([0-9a-fA-F]+),([0-9a-fA-F]+)")
+_BREAKPOINT_RE = re.compile(rb"([0-9a-fA-F]+),([0-9a-fA-F]+),([0-9a-fA-F]+)(?:;.*)?", re.DOTALL)
+
+
 def _split_address_length(text: bytes) -> tuple[int, int]:
+    match = _ADDRESS_LENGTH_RE.fullmatch(text)
+    if match is not None:       # the common case in one regex; errors come from below
+        return int(match[1], 16), int(match[2], 16)
     address, comma, length = text.partition(b",")
     if not comma:
         raise RspProtocolError(f"expected ADDR,LENGTH, got {text[:40]!r}")
@@ -506,10 +521,17 @@ def write_memory_binary(stub: Stub, args: bytes) -> bytes:
 # -- breakpoints -------------------------------------------------------------------
 
 _BREAKPOINT_TYPES = frozenset(kind.value for kind in BreakpointKind)
+_BREAKPOINT_KINDS = {kind.value: kind for kind in BreakpointKind}
 
 
 def _breakpoint_args(args: bytes) -> tuple[BreakpointKind, int, int] | None:
     """`type,addr,kind[;cond]` -> (kind, guest_va, length); None for an unknown type."""
+    match = _BREAKPOINT_RE.fullmatch(args)
+    if match is not None:
+        type_number = int(match[1], 16)
+        if type_number not in _BREAKPOINT_TYPES:
+            return None
+        return _BREAKPOINT_KINDS[type_number], int(match[2], 16), int(match[3], 16)
     fields = args.split(b";", 1)[0].split(b",")
     if len(fields) != 3:
         raise RspProtocolError(f"expected TYPE,ADDR,KIND, got {args[:40]!r}")
@@ -586,6 +608,9 @@ def non_stop_mode(stub: Stub, args: bytes) -> bytes:
     raise TargetError("non-stop mode needs the connection loop of pvdbg.stub.server")
 
 
+_VCONT_ACTIONS = {b"c": CONTINUE, b"C": CONTINUE, b"s": STEP, b"S": STEP, b"t": STAY_STOPPED}
+
+
 def _vcont_action(text: bytes) -> ResumeAction:
     letter, rest = text[:1], text[1:]
     if letter in (b"C", b"S"):
@@ -596,15 +621,20 @@ def _vcont_action(text: bytes) -> ResumeAction:
         return ResumeAction(ResumeKind.RANGE_STEP, start, end)
     if rest:
         raise RspProtocolError(f"bad vCont action {text[:40]!r}")
-    actions = {b"c": CONTINUE, b"C": CONTINUE, b"s": STEP, b"S": STEP, b"t": STAY_STOPPED}
-    if letter not in actions:
+    action = _VCONT_ACTIONS.get(letter)
+    if action is None:
         raise RspProtocolError(f"unknown vCont action {text[:40]!r}")
-    return actions[letter]
+    return action
 
 
 @RSP.prefix(b"vCont;")
 def vcont(stub: Stub, args: bytes) -> Replies | ResumeRequest:
     """Leftmost action matching a vcpu wins; one without a thread covers the rest."""
+    if args == b"c":               # gdb's plain continue, every hit: nothing to parse
+        actions = ResumeActions({}, CONTINUE)
+        if not stub.target.vcpu_ids():
+            return Replies((b"OK",))
+        return stub.resume_request(actions)
     per_vcpu: dict[int, ResumeAction] = {}
     default: ResumeAction | None = None
     for item in args.split(b";"):

@@ -52,6 +52,8 @@ PAGE_SIZE = 4096
 MAX_CACHED_PAGES = 4096            # translations kept (16 MiB of guest VA)
 _WATCH = {BreakpointKind.WRITE: "write", BreakpointKind.READ: "read",
           BreakpointKind.ACCESS: "access"}
+_WATCH_STOPS = {"write": StopReason.WATCH, "read": StopReason.RWATCH,
+                "access": StopReason.AWATCH}
 MAX_WATCH_LENGTH = 1 << 16
 HOST_FILE_COMMANDS = frozenset({("trace", "save")})
 """Monitor command words refused over the protocol: they read or write host files."""
@@ -179,6 +181,18 @@ class SessionTarget:
             return self._pv64_registers(vcpu)[name]
         raise RegisterUnavailable(f"no register {name}")
 
+    def stop_registers(self, vcpu: int) -> dict[str, int] | None:
+        """The registers every stop needs (_STOP_REGISTERS) in one batch, cached while
+        stopped; None for a subclass that wraps read_register."""
+        if not self._fast_registers:
+            return None
+        self._check_caches()
+        if self._register_cache is not None:
+            return self._register_cache
+        if self._stop_register_cache is None:
+            self._stop_register_cache = self.session.cpu.read_many(self._stop_names)
+        return self._stop_register_cache
+
     def _pv64_registers(self, vcpu: int) -> dict[str, int]:
         """kernel_mode and the two GS bases of a 64-bit PV vcpu: the live GS base is
         the one of the current mode, the other is kept by the hypervisor (Xen's
@@ -267,10 +281,14 @@ class SessionTarget:
         cached = self._pages.get(page)
         if cached is not None:
             maddr, entries, cached_cr3 = cached
-            if cached_cr3 == cr3 and all(memory.read_u64(entry_maddr) == value
-                                         for entry_maddr, value in entries):
-                self._pages_checked.add(page)
-                return maddr
+            if cached_cr3 == cr3:
+                read_u64 = memory.read_u64
+                for entry_maddr, value in entries:
+                    if read_u64(entry_maddr) != value:
+                        break
+                else:
+                    self._pages_checked.add(page)
+                    return maddr
         try:
             walk = debugger_walk(hv, cr3, page)
         except PageWalkError as exc:
@@ -375,13 +393,11 @@ class SessionTarget:
 
     def _convert(self, stop) -> StopEvent:
         vcpu = stop.vcpu
+        if stop.reason is EngineStop.watchpoint:
+            return StopEvent(vcpu, _WATCH_STOPS[stop.watch_kind], address=stop.address)
         if stop.reason is EngineStop.breakpoint:
             hw = stop.address in self._hw_breakpoints and stop.address not in self._sw_breakpoints
             return StopEvent(vcpu, StopReason.BREAKPOINT_HW if hw else StopReason.BREAKPOINT_SW)
-        if stop.reason is EngineStop.watchpoint:
-            reason = {"write": StopReason.WATCH, "read": StopReason.RWATCH,
-                      "access": StopReason.AWATCH}[stop.watch_kind]
-            return StopEvent(vcpu, reason, address=stop.address)
         if stop.reason is EngineStop.step:
             return StopEvent(vcpu, StopReason.STEP)
         if stop.reason is EngineStop.interrupt:

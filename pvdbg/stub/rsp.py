@@ -211,6 +211,8 @@ class RspConnection:
 
     def data_to_send(self) -> bytes:
         """Acks, nacks and retransmissions queued by `next_event`; clears the queue."""
+        if not self._out:
+            return b""
         out, self._out = bytes(self._out), bytearray()
         return out
 
@@ -226,6 +228,11 @@ class RspConnection:
         Raises RspProtocolError for junk, a bad checksum or an oversized packet; the
         offending bytes are consumed first, so calling again continues the stream.
         """
+        buf = self._buf
+        if buf and buf[0] == _PACKET_START and not self._discarding and not self._junk:
+            event = self._whole_packet(buf)
+            if event is not None:
+                return event
         while True:
             if self._discarding:
                 event = self._continue_discard()
@@ -257,6 +264,28 @@ class RspConnection:
             if self._ack_mode and self._last_sent:
                 self._out += self._last_sent
             return Nack()
+
+    def _whole_packet(self, buf: bytearray) -> Event | None:
+        """The common case in one pass: a complete, well-formed packet with a correct
+        lowercase checksum at the start of the buffer. None for anything else (partial,
+        oversized, torn, bad checksum), which `_parse_packet` then handles."""
+        end = buf.find(b"#", 1, self.max_packet_size + 2)
+        if end < 0 or len(buf) < end + 3 or buf.find(b"$", 1, end) >= 0:
+            return None
+        body = bytes(buf[1:end])
+        if buf[end + 1:end + 3] != b"%02x" % (sum(body) & 0xFF if end <= _ADLER_CHUNK
+                                               else checksum(body)):
+            return None
+        del buf[:end + 3]
+        self._scanned = 1
+        if self._ack_mode:
+            self._out += b"+"
+        if _ESCAPE not in body:
+            return Packet(body)
+        try:
+            return Packet(unescape(body))
+        except RspProtocolError as error:
+            return DroppedPacket(str(error))
 
     def _parse_packet(self) -> Event:
         buf = self._buf

@@ -10,7 +10,9 @@ them): `g_packet(vcpu) -> bytes | None`, the whole `g` reply in the packaged tar
 description's order (None: use read_register); `resume_is_quick(actions) -> bool`, the
 resume ends at once (a single step), so the connection loop runs it without a thread;
 `inline_resumes: bool`, any resume may run in the loop's own thread while it watches
-the connection for ^C.
+the connection for ^C; `stop_registers(vcpu) -> dict[str, int] | None`, at least the
+registers a stop reply carries (commands.EXPEDITED_REGISTERS the description has), read
+in one batch (None: use read_register).
 """
 
 from __future__ import annotations
