@@ -11,6 +11,7 @@
 #include <xen/xen.h>
 #include <xen/elfnote.h>
 #include <xen/sched.h>
+#include <setjmp.h>
 
 	.section .head.text, "ax", @progbits
 	.globl	_start
@@ -85,34 +86,7 @@ fuzz_iret_landing:
 	.size	fuzz_iret_landing, . - fuzz_iret_landing
 
 /* int fuzz_setjmp(struct fuzz_jmp *), void fuzz_longjmp(struct fuzz_jmp *, int). */
-	.globl	fuzz_setjmp
-	.type	fuzz_setjmp, @function
-fuzz_setjmp:
-	movl	4(%esp), %eax
-	movl	%ebx, 0(%eax)
-	movl	%esi, 4(%eax)
-	movl	%edi, 8(%eax)
-	movl	%ebp, 12(%eax)
-	leal	4(%esp), %ecx
-	movl	%ecx, 16(%eax)
-	movl	(%esp), %ecx
-	movl	%ecx, 20(%eax)
-	xorl	%eax, %eax
-	ret
-	.size	fuzz_setjmp, . - fuzz_setjmp
-
-	.globl	fuzz_longjmp
-	.type	fuzz_longjmp, @function
-fuzz_longjmp:
-	movl	4(%esp), %edx
-	movl	8(%esp), %eax
-	movl	0(%edx), %ebx
-	movl	4(%edx), %esi
-	movl	8(%edx), %edi
-	movl	12(%edx), %ebp
-	movl	16(%edx), %esp
-	jmp	*20(%edx)
-	.size	fuzz_longjmp, . - fuzz_longjmp
+	GUEST_SETJMP fuzz
 
 /*
  * Trap entries: push the vector (0x100 event, 0x101 failsafe, 0x102 NMI, 0x200 iret

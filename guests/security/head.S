@@ -8,6 +8,7 @@
 #include <xen/xen.h>
 #include <xen/elfnote.h>
 #include <xen/sched.h>
+#include <setjmp.h>
 
 	.section .head.text, "ax", @progbits
 	.globl	_start
@@ -31,34 +32,7 @@ hypercall_page:
 	.size	hypercall_page, PAGE_SIZE
 
 /* int sec_setjmp(struct sec_jmp *), void sec_longjmp(struct sec_jmp *, int). */
-	.globl	sec_setjmp
-	.type	sec_setjmp, @function
-sec_setjmp:
-	movl	4(%esp), %eax
-	movl	%ebx, 0(%eax)
-	movl	%esi, 4(%eax)
-	movl	%edi, 8(%eax)
-	movl	%ebp, 12(%eax)
-	leal	4(%esp), %ecx
-	movl	%ecx, 16(%eax)
-	movl	(%esp), %ecx
-	movl	%ecx, 20(%eax)
-	xorl	%eax, %eax
-	ret
-	.size	sec_setjmp, . - sec_setjmp
-
-	.globl	sec_longjmp
-	.type	sec_longjmp, @function
-sec_longjmp:
-	movl	4(%esp), %edx
-	movl	8(%esp), %eax
-	movl	0(%edx), %ebx
-	movl	4(%edx), %esi
-	movl	8(%edx), %edi
-	movl	12(%edx), %ebp
-	movl	16(%edx), %esp
-	jmp	*20(%edx)
-	.size	sec_longjmp, . - sec_longjmp
+	GUEST_SETJMP sec
 
 	.macro	TRAP_ENTRY vec
 trap_entry_\vec:
