@@ -153,64 +153,45 @@ def eflags_text(value: int) -> str:
     return "[ " + " ".join(names + ([f"IOPL={iopl}"] if iopl else [])) + " ]"
 
 
-def registers_text(view: RegistersView) -> FormattedText:
-    if getattr(view, "bits", 32) == 64:
-        return registers64_text(view)
-    r = view.regs
-    out: Fragments = []
-    for row in (("eax", "ebx", "ecx", "edx"), ("esi", "edi", "ebp", "esp")):
-        for name in row:
-            out += [("class:label", f"{name} "), ("class:value", f"{r[name]:08x}  ")]
-        out.append(("", "\n"))
-    out += [("class:label", "eip "), ("class:address", f"{r['eip']:08x}")]
-    if view.eip_symbol:
-        out += [("", " <"), ("class:symbol", view.eip_symbol), ("", ">")]
-    if view.eip_location:
-        out += [("", " "), ("class:location", view.eip_location)]
-    out += [("", "\n"), ("class:label", "eflags "), ("", f"{r['eflags']:08x} "
-                                                         f"{eflags_text(r['eflags'])}  "),
-            ("class:label", "ring "), ("", f"{view.ring}\n")]
-    for name in ("cs", "ss", "ds", "es", "fs", "gs"):
-        out += [("class:label", f"{name} "), ("", f"{r[name]:04x}  ")]
-    out.append(("", "\n"))
-    for name in ("cr0", "cr2", "cr3", "cr4"):
-        out += [("class:label", f"{name} "), ("", f"{r[name]:08x}  ")]
-    out.append(("", "\n"))
-    out += [("class:label", "upcall_mask "),
-            ("class:masked" if view.upcall_mask else "class:unmasked", str(view.upcall_mask)),
-            ("class:label", "  upcall_pending "),
-            ("class:pending" if view.upcall_pending else "", str(view.upcall_pending)),
-            ("", "\n")]
-    return FormattedText(out)
-
-
+REGISTER_ROWS32 = (("eax", "ebx", "ecx", "edx"), ("esi", "edi", "ebp", "esp"))
 REGISTER_ROWS64 = (("rax", "rbx", "rcx", "rdx"), ("rsi", "rdi", "rbp", "rsp"),
                    ("r8", "r9", "r10", "r11"), ("r12", "r13", "r14", "r15"))
 
 
-def registers64_text(view: RegistersView) -> FormattedText:
-    """A 64-bit vcpu: rax..r15, rip, rflags, the guest's kernel/user mode (both at CPL
-    3), selectors, fs/gs bases, CRs, the upcall bits."""
+def registers_text(view: RegistersView) -> FormattedText:
+    """General registers, pc with symbol and source line, flags, ring (32-bit) or the
+    guest's kernel/user mode (64-bit: both at CPL 3), selectors, fs/gs bases (64-bit),
+    CRs, the upcall bits."""
+    wide = getattr(view, "bits", 32) == 64
     r = view.regs
+    digits = 16 if wide else 8
+    pc, flags = ("rip", "rflags") if wide else ("eip", "eflags")
     out: Fragments = []
-    for row in REGISTER_ROWS64:
+    for row in REGISTER_ROWS64 if wide else REGISTER_ROWS32:
         for name in row:
-            out += [("class:label", f"{name:<3} "), ("class:value", f"{r[name]:016x}  ")]
+            label = f"{name:<3} " if wide else f"{name} "
+            out += [("class:label", label), ("class:value", f"{r[name]:0{digits}x}  ")]
         out.append(("", "\n"))
-    out += [("class:label", "rip "), ("class:address", f"{r['rip']:016x}")]
+    out += [("class:label", f"{pc[:3]} "), ("class:address", f"{r[pc]:0{digits}x}")]
     if view.eip_symbol:
         out += [("", " <"), ("class:symbol", view.eip_symbol), ("", ">")]
     if view.eip_location:
         out += [("", " "), ("class:location", view.eip_location)]
-    out += [("", "\n"), ("class:label", "rflags "), ("", f"{r['rflags']:08x} "
-                                                         f"{eflags_text(r['rflags'])}  "),
-            ("class:label", "mode "), ("", f"{view.mode or '?'}\n")]
+    out += [("", "\n"), ("class:label", f"{flags} "), ("", f"{r[flags]:08x} "
+                                                        f"{eflags_text(r[flags])}  ")]
+    if wide:
+        out += [("class:label", "mode "), ("", f"{view.mode or '?'}\n")]
+    else:
+        out += [("class:label", "ring "), ("", f"{view.ring}\n")]
     for name in ("cs", "ss", "ds", "es", "fs", "gs"):
         out += [("class:label", f"{name} "), ("", f"{r[name]:04x}  ")]
-    out += [("class:label", "fs_base "), ("", f"{r['fs_base']:016x}  "),
-            ("class:label", "gs_base "), ("", f"{r['gs_base']:016x}\n")]
+    if wide:
+        out += [("class:label", "fs_base "), ("", f"{r['fs_base']:016x}  "),
+                ("class:label", "gs_base "), ("", f"{r['gs_base']:016x}\n")]
+    else:
+        out.append(("", "\n"))
     for name in ("cr0", "cr2", "cr3", "cr4"):
-        out += [("class:label", f"{name} "), ("", f"{r[name]:016x}  ")]
+        out += [("class:label", f"{name} "), ("", f"{r[name]:0{digits}x}  ")]
     out.append(("", "\n"))
     out += [("class:label", "upcall_mask "),
             ("class:masked" if view.upcall_mask else "class:unmasked", str(view.upcall_mask)),
